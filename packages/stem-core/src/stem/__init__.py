@@ -1,0 +1,90 @@
+"""Stem: background jobs and durable workflows for Python.
+
+Quick start::
+
+    from stem import Stem, TaskContext
+
+    app = Stem.from_url("sqlite:///stem.db")
+
+    @app.task(max_retries=3)
+    async def add(ctx: TaskContext, a: int, b: int) -> int:
+        return a + b
+
+    ref = await add.enqueue(2, 3)
+    result = await app.wait_for_task(ref, timeout=10)
+"""
+
+from __future__ import annotations
+
+from ._app import DEFAULT_URL, Stem
+from ._clock import Clock, FakeClock, SystemClock
+from ._codec import EncoderRegistry, JsonPayloadEncoder, PayloadEncoder
+from ._errors import (
+    AdapterError,
+    ConfigurationError,
+    DecodeError,
+    Reject,
+    Retry,
+    SchemaVersionError,
+    SerializationError,
+    SoftTimeLimitExceeded,
+    StemError,
+    TaskTimeoutError,
+    UnknownSchemeError,
+    UnknownTaskError,
+)
+from ._hooks import Hooks
+from ._messages import (
+    DeadLetter,
+    Envelope,
+    TaskError,
+    TaskResult,
+    TaskState,
+    TaskStatus,
+    WorkerHeartbeat,
+)
+from ._options import ExponentialBackoff, RateLimit, TaskOptions
+from ._registry import register_adapter
+from ._task import Task, TaskCall, TaskContext, TaskRef
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_URL",
+    "AdapterError",
+    "Clock",
+    "ConfigurationError",
+    "DeadLetter",
+    "DecodeError",
+    "EncoderRegistry",
+    "Envelope",
+    "ExponentialBackoff",
+    "FakeClock",
+    "Hooks",
+    "JsonPayloadEncoder",
+    "PayloadEncoder",
+    "RateLimit",
+    "Reject",
+    "Retry",
+    "SchemaVersionError",
+    "SerializationError",
+    "SoftTimeLimitExceeded",
+    "Stem",
+    "StemError",
+    "SystemClock",
+    "Task",
+    "TaskCall",
+    "TaskContext",
+    "TaskError",
+    "TaskOptions",
+    "TaskRef",
+    "TaskResult",
+    "TaskState",
+    "TaskStatus",
+    "TaskTimeoutError",
+    "UnknownSchemeError",
+    "UnknownTaskError",
+    "WorkerHeartbeat",
+    "__version__",
+    "register_adapter",
+]

@@ -1,0 +1,508 @@
+"""The Stem application: task registry, producer API, results."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar, overload
+
+import msgspec
+
+from ._clock import Clock, SystemClock
+from ._codec import EncoderRegistry, PayloadEncoder, WireFormat, decode_envelope, encode_envelope
+from ._errors import ConfigurationError, UnknownTaskError
+from ._execute import Outcome, OutcomeKind, execute
+from ._hooks import Hooks
+from ._messages import Envelope, Message, RevokeEntry, TaskResult, TaskState, TaskStatus
+from ._options import PoolKind, RetryStrategy, TaskOptions, build_options, check_priority, check_queue, seconds
+from ._portal import Portal
+from ._registry import get_adapter
+from ._task import Task, TaskCall, TaskContext, TaskRef, task_name
+from ._unique import UniqueCoordinator
+from .contracts import Broker, LockStore, ResultBackend, RevokeStore, ScheduleStore, WorkflowStore
+
+if TYPE_CHECKING:
+    from .worker import Worker
+
+__all__ = ["DEFAULT_URL", "Stem"]
+
+log = logging.getLogger("stem")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+T = TypeVar("T")
+
+#: Where Stem keeps its data when no URL is given: SQLite, no server needed.
+DEFAULT_URL = "sqlite:///.stem/stem.db"
+
+_ENQUEUE_KEYS = {"queue", "priority", "delay", "eta", "expires", "headers", "meta", "task_id", "max_retries", "unique_key"}
+
+
+class Stem:
+    """A Stem application: where tasks are registered, enqueued and their results read.
+
+    Args:
+        broker: moves task messages.
+        backend: stores statuses and results (defaults to in-memory, which other
+            processes cannot read: pass one, or use :meth:`from_url`).
+        lock_store: for unique tasks; revoke_store: for revocations (in-memory by default).
+        clock: the clock everything reads; a :class:`FakeClock` in tests.
+        encoders: extra payload encoders (their ids travel with each message).
+        wire_format: ``"json"`` (default) or ``"msgpack"`` for message bodies.
+        eager: run each task inline at enqueue (unit tests), through the real encoding.
+    """
+
+    def __init__(
+        self,
+        broker: Broker,
+        backend: ResultBackend | None = None,
+        *,
+        lock_store: LockStore | None = None,
+        revoke_store: RevokeStore | None = None,
+        workflow_store: WorkflowStore | Callable[[], WorkflowStore] | None = None,
+        schedule_store: ScheduleStore | Callable[[], ScheduleStore] | None = None,
+        clock: Clock | None = None,
+        encoders: Iterable[PayloadEncoder] = (),
+        wire_format: WireFormat = "json",
+        default_queue: str = "default",
+        eager: bool = False,
+    ) -> None:
+        from .memory import MemoryLockStore, MemoryResultBackend, MemoryRevokeStore
+
+        if not isinstance(broker, Broker):
+            raise ConfigurationError(f"broker must be a stem.contracts.Broker, not {type(broker).__name__}")
+        if wire_format not in ("json", "msgpack"):
+            raise ConfigurationError(f"wire_format must be 'json' or 'msgpack', not {wire_format!r}")
+        self.clock: Clock = clock or broker.clock or SystemClock()
+        self.broker = broker
+        self.backend = backend or MemoryResultBackend(clock=self.clock)
+        self.lock_store = lock_store or MemoryLockStore(clock=self.clock)
+        self.revoke_store = revoke_store or MemoryRevokeStore(clock=self.clock)
+        self._workflow_store = workflow_store
+        self._schedule_store = schedule_store
+        self.encoders = EncoderRegistry(encoders)
+        self.wire_format: WireFormat = wire_format
+        self.default_queue = check_queue(default_queue)
+        self.eager = eager
+        self.tasks: dict[str, Task[Any, Any]] = {}
+        self.hooks = Hooks()
+        self.unique = UniqueCoordinator(self.lock_store)
+        self._portal = Portal()
+
+    # -- construction ---------------------------------------------------------------------
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str | None = None,
+        *,
+        backend: str | None = None,
+        workflow_store: str | None = None,
+        clock: Clock | None = None,
+        **kwargs: Any,
+    ) -> Stem:
+        """Build an app from URLs; adapters are found by scheme (``stem.adapters`` entry points).
+
+        ``url`` (or ``$STEM_URL``, or ``sqlite:///.stem/stem.db``) is the broker; ``backend``
+        (or ``$STEM_BACKEND_URL``, or the broker URL) holds results, locks and revocations;
+        ``workflow_store`` (or ``$STEM_WORKFLOW_URL``, or the backend URL) holds workflow runs.
+
+        Raises:
+            UnknownSchemeError: no adapter handles a URL's scheme (the message names the package).
+            ConfigurationError: a URL is malformed.
+        """
+        broker_url = url or os.environ.get("STEM_URL") or DEFAULT_URL
+        backend_url = backend or os.environ.get("STEM_BACKEND_URL") or broker_url
+        workflow_url = workflow_store or os.environ.get("STEM_WORKFLOW_URL") or backend_url
+        broker_adapter, backend_adapter = get_adapter(broker_url), get_adapter(backend_url)
+        workflow_adapter = get_adapter(workflow_url)
+        return cls(
+            broker_adapter.broker(broker_url, clock=clock),
+            backend_adapter.result_backend(backend_url, clock=clock),
+            lock_store=backend_adapter.lock_store(backend_url, clock=clock),
+            revoke_store=backend_adapter.revoke_store(backend_url, clock=clock),
+            workflow_store=lambda: workflow_adapter.workflow_store(workflow_url, clock=clock),
+            schedule_store=lambda: backend_adapter.schedule_store(backend_url, clock=clock),
+            clock=clock,
+            **kwargs,
+        )
+
+    @property
+    def workflow_store(self) -> WorkflowStore:
+        store = self._workflow_store
+        if store is None:
+            raise ConfigurationError("this app has no workflow store; pass workflow_store=")
+        if not isinstance(store, WorkflowStore):
+            store = self._workflow_store = store()
+        return store
+
+    @property
+    def schedule_store(self) -> ScheduleStore:
+        store = self._schedule_store
+        if store is None:
+            raise ConfigurationError("this app has no schedule store; pass schedule_store=")
+        if not isinstance(store, ScheduleStore):
+            store = self._schedule_store = store()
+        return store
+
+    async def aclose(self) -> None:
+        """Close the broker and stores."""
+        closers = [self.broker, self.backend, self.lock_store, self.revoke_store]
+        closers += [s for s in (self._workflow_store, self._schedule_store) if isinstance(s, WorkflowStore | ScheduleStore)]
+        seen: set[int] = set()
+        for closer in closers:
+            if id(closer) not in seen:
+                seen.add(id(closer))
+                await closer.aclose()
+        self._portal.stop()
+
+    async def __aenter__(self) -> Stem:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # -- tasks ----------------------------------------------------------------------------
+
+    @overload
+    def task(self, fn: Callable[Concatenate[TaskContext, P], Awaitable[R]], /) -> Task[P, R]: ...
+    @overload
+    def task(self, fn: Callable[P, Awaitable[R]], /) -> Task[P, R]: ...
+    @overload
+    def task(self, fn: Callable[Concatenate[TaskContext, P], R], /) -> Task[P, R]: ...
+    @overload
+    def task(self, fn: Callable[P, R], /) -> Task[P, R]: ...
+    @overload
+    def task(
+        self,
+        fn: None = None,
+        /,
+        *,
+        name: str | None = None,
+        queue: str | None = None,
+        priority: int | None = None,
+        max_retries: int | None = None,
+        retry_backoff: RetryStrategy | float | timedelta | None = None,
+        retry_for: type[BaseException] | tuple[type[BaseException], ...] | None = None,
+        rate_limit: str | None = None,
+        visibility_timeout: float | timedelta | None = None,
+        soft_time_limit: float | timedelta | None = None,
+        time_limit: float | timedelta | None = None,
+        unique: bool | None = None,
+        unique_for: float | timedelta | None = None,
+        expires: float | timedelta | None = None,
+        pool: PoolKind | None = None,
+        store_result: bool | None = None,
+        result_ttl: float | timedelta | None = None,
+        args_encoder: str | None = None,
+        result_encoder: str | None = None,
+    ) -> _TaskDecorator: ...
+
+    def task(self, fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
+        """Register a function (async or plain) as a task; use bare or with options.
+
+        A first parameter annotated :class:`TaskContext` (or named ``ctx`` without an
+        annotation) receives the context; the other parameters are the task's arguments.
+
+        Raises:
+            ConfigurationError: an option is invalid, or the name is taken.
+        """
+        if fn is not None:
+            return self._register(fn, options)
+
+        def decorate(f: Callable[..., Any]) -> Task[Any, Any]:
+            return self._register(f, options)
+
+        return decorate
+
+    def _register(self, fn: Callable[..., Any], options: dict[str, Any]) -> Task[Any, Any]:
+        if not callable(fn):
+            raise ConfigurationError(f"@app.task needs a function, not {fn!r}")
+        name = options.pop("name", None) or task_name(fn)
+        options.setdefault("queue", self.default_queue)
+        if options.get("pool") is None:
+            options["pool"] = "async" if inspect.iscoroutinefunction(fn) else "thread"
+        elif options["pool"] == "async" and not inspect.iscoroutinefunction(fn):
+            raise ConfigurationError(f"task {name!r} is a plain function: use pool='thread' or 'process'")
+        opts = build_options(name, **options)
+        for encoder_id in (opts.args_encoder, opts.result_encoder):
+            if encoder_id not in self.encoders:
+                raise ConfigurationError(f"task {name!r} names payload encoder {encoder_id!r}, which is not registered")
+        existing = self.tasks.get(name)
+        if existing is not None and existing.fn is not fn:
+            raise ConfigurationError(f"a different task is already registered as {name!r}; pass name=")
+        handle: Task[Any, Any] = Task(self, fn, opts)
+        self.tasks[name] = handle
+        return handle
+
+    # -- enqueueing -----------------------------------------------------------------------
+
+    async def enqueue(
+        self,
+        name: str,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> str:
+        """Enqueue a task by name; the task need not be registered in this process.
+
+        Options are those of ``.options(...)``: queue, priority, delay, eta, expires,
+        headers, meta, task_id, max_retries, unique_key.
+
+        Raises:
+            SerializationError: (a TypeError) an argument cannot be serialized.
+        """
+        if not isinstance(args, Sequence) or isinstance(args, str | bytes):
+            raise TypeError("args must be a list or tuple of positional arguments")
+        task = self.tasks.get(name)
+        if task is not None:
+            task.check_arguments(tuple(args), kwargs or {})
+        return (await self._enqueue_calls([(name, tuple(args), dict(kwargs or {}), options)]))[0]
+
+    def enqueue_sync(
+        self, name: str, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None, **options: Any
+    ) -> str:
+        """:meth:`enqueue` for synchronous code."""
+        return self._portal.call(self.enqueue, name, args, kwargs, **options)
+
+    async def enqueue_many(self, calls: Iterable[TaskCall[Any, Any]]) -> list[str]:
+        """Enqueue many calls (``task.call(...)``, optionally ``.options(...)``) in one publish."""
+        batch = [(c.task.name, c.args, c.kwargs, c.overrides) for c in calls]
+        return await self._enqueue_calls(batch)
+
+    async def _enqueue_calls(
+        self, calls: Sequence[tuple[str, tuple[Any, ...], dict[str, Any], Mapping[str, Any]]]
+    ) -> list[str]:
+        now = self.clock.now()
+        envelopes: list[tuple[Envelope, TaskOptions | None, str | None]] = []
+        for name, args, kwargs, overrides in calls:
+            envelopes.append(self._build(name, args, kwargs, overrides, now))
+        ids: list[str] = []
+        messages: list[Message] = []
+        published: list[Envelope] = []
+        for envelope, opts, unique_key in envelopes:
+            if self.hooks.has("before_enqueue"):
+                await self.hooks.emit("before_enqueue", envelope=envelope)
+            body = encode_envelope(envelope, self.wire_format)
+            if opts is not None and opts.unique or unique_key is not None:
+                existing = await self.unique.claim(envelope, opts, unique_key, now)
+                if existing is not None:
+                    ids.append(existing)
+                    await self.hooks.emit("on_duplicate", envelope=envelope, existing_id=existing)
+                    continue
+                body = encode_envelope(envelope, self.wire_format)
+            ids.append(envelope.id)
+            published.append(envelope)
+            messages.append(
+                Message(id=envelope.id, queue=envelope.queue, body=body, priority=envelope.priority, eta=envelope.eta)
+            )
+        if self.eager:
+            for message in messages:
+                await self._run_eagerly(message.body)
+        elif messages:
+            await self.broker.publish_many(messages)
+        if self.hooks.has("after_enqueue"):
+            for envelope in published:
+                await self.hooks.emit("after_enqueue", envelope=envelope)
+        return ids
+
+    def _build(
+        self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], overrides: Mapping[str, Any], now: float
+    ) -> tuple[Envelope, TaskOptions | None, str | None]:
+        unknown = set(overrides) - _ENQUEUE_KEYS
+        if unknown:
+            raise ConfigurationError(f"unknown enqueue option(s): {', '.join(sorted(unknown))}")
+        if not isinstance(name, str) or not name:
+            raise ConfigurationError("a task name is needed to enqueue")
+        task = self.tasks.get(name)
+        opts = task.options_ if task else None
+        queue = check_queue(overrides.get("queue") or (opts.queue if opts else self.default_queue))
+        priority = check_priority(overrides["priority"]) if "priority" in overrides else (opts.priority if opts else 0)
+        eta = _timestamp(overrides.get("eta"), "eta")
+        delay = seconds(overrides.get("delay"), "delay")
+        if delay:
+            eta = now + delay
+        expires_opt = overrides.get("expires", opts.expires if opts else None)
+        expires = (
+            _timestamp(expires_opt, "expires")
+            if isinstance(expires_opt, datetime)
+            else (None if expires_opt is None else (eta or now) + (seconds(expires_opt, "expires") or 0.0))
+        )
+        max_retries = overrides.get("max_retries", opts.max_retries if opts else 0)
+        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+            raise ConfigurationError(f"max_retries must be a whole number >= 0, not {max_retries!r}")
+        args_encoder = opts.args_encoder if opts else "json"
+        encoder = self.encoders.get(args_encoder)
+        headers = dict(overrides.get("headers") or {})
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items()):
+            raise ConfigurationError("headers must map strings to strings")
+        envelope = Envelope(
+            id=str(overrides.get("task_id") or uuid.uuid4()),
+            task=name,
+            queue=queue,
+            args=list(encoder.encode(list(args))),
+            kwargs=dict(encoder.encode(dict(kwargs))),
+            headers=headers,
+            meta=dict(overrides.get("meta") or {}),
+            max_retries=max_retries,
+            eta=eta if eta is not None and eta > now else None,
+            expires=expires,
+            priority=priority,
+            created_at=now,
+            args_encoder=args_encoder,
+            result_encoder=opts.result_encoder if opts else "json",
+        )
+        return envelope, opts, overrides.get("unique_key")
+
+    # -- eager mode -----------------------------------------------------------------------
+
+    async def _run_eagerly(self, body: bytes) -> None:
+        envelope = decode_envelope(body)
+        task = self.tasks.get(envelope.task)
+        if task is None:
+            raise UnknownTaskError(f"task {envelope.task!r} is not registered with this app")
+        while True:
+            ctx = TaskContext(self, envelope)
+            await self.store_status(envelope, TaskState.STARTED)
+            outcome = await execute(self, task, ctx, _invoke_inline)
+            if outcome.kind is OutcomeKind.RETRY:
+                await self.store_status(envelope, TaskState.RETRIED, outcome=outcome)
+                envelope = msgspec.structs.replace(envelope, attempt=envelope.attempt + 1)
+                continue
+            state = TaskState.SUCCEEDED if outcome.kind is OutcomeKind.SUCCEEDED else TaskState.FAILED
+            await self.store_status(envelope, state, outcome=outcome)
+            await self.unique.release(envelope)
+            return
+
+    # -- results --------------------------------------------------------------------------
+
+    async def store_status(
+        self,
+        envelope: Envelope,
+        state: TaskState,
+        *,
+        outcome: Outcome | None = None,
+        worker: str | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> None:
+        """Write a task's status to the backend (workers and eager mode use this)."""
+        task = self.tasks.get(envelope.task)
+        if task is not None and not task.options_.store_result and not state.is_final:
+            return
+        status = TaskStatus(
+            id=envelope.id,
+            state=state,
+            task=envelope.task,
+            queue=envelope.queue,
+            value=outcome.value if outcome else None,
+            result_encoder=envelope.result_encoder,
+            error=outcome.error if outcome else None,
+            attempt=envelope.attempt,
+            worker=worker,
+            meta=meta or {},
+            updated_at=self.clock.now(),
+        )
+        ttl = task.options_.result_ttl if task is not None and state.is_final else None
+        await self.backend.set_status(status, ttl=ttl)
+
+    async def get_status(self, task_id: str) -> TaskStatus | None:
+        """The stored status of a task, or None if unknown (not yet received, or expired)."""
+        return await self.backend.get_status(str(task_id))
+
+    @overload
+    async def wait_for_task(self, task_id: TaskRef[T], *, timeout: float | None = None) -> TaskResult[T]: ...
+    @overload
+    async def wait_for_task(
+        self, task_id: str, *, timeout: float | None = None, decode: Callable[[Any], T] | type[T]
+    ) -> TaskResult[T]: ...
+    @overload
+    async def wait_for_task(self, task_id: str, *, timeout: float | None = None) -> TaskResult[Any]: ...
+
+    async def wait_for_task(
+        self, task_id: str, *, timeout: float | None = None, decode: Any = None
+    ) -> TaskResult[Any]:
+        """Wait until a task reaches a final state, or ``timeout`` seconds pass.
+
+        Works from any process that shares the result backend. The value is decoded
+        by the result encoder that stored it, then by ``decode`` (a callable or a type
+        to convert to), or to the handler's return annotation if the task is
+        registered here.
+
+        Returns:
+            A TaskResult; ``timed_out`` is true if no final state was reached in time.
+        """
+        last: TaskStatus | None = None
+        async for status in self.backend.watch(str(task_id), timeout=timeout):
+            last = status
+        if last is None or not last.state.is_final:
+            return TaskResult(id=str(task_id), status=last, timed_out=True)
+        value = None
+        if last.state is TaskState.SUCCEEDED:
+            value = self._decode_result(last, decode)
+        return TaskResult(id=str(task_id), status=last, value=value)
+
+    def wait_for_task_sync(self, task_id: str, *, timeout: float | None = None, decode: Any = None) -> TaskResult[Any]:
+        """:meth:`wait_for_task` for synchronous code."""
+        return self._portal.call(self.wait_for_task, task_id, timeout=timeout, decode=decode)
+
+    def _decode_result(self, status: TaskStatus, decode: Any) -> Any:
+        value = self.encoders.get(status.result_encoder).decode(status.value)
+        if decode is None:
+            task = self.tasks.get(status.task)
+            if task is None or task.return_type is Any:
+                return value
+            decode = task.return_type
+        if isinstance(decode, type) or not callable(decode):
+            return msgspec.convert(value, decode, strict=False)
+        return decode(value)
+
+    async def revoke(self, task_id: str, *, terminate: bool = False, reason: str | None = None) -> None:
+        """Revoke a task: it will not run; with ``terminate``, a running one is stopped."""
+        await self.revoke_store.revoke(
+            RevokeEntry(task_id=str(task_id), terminate=terminate, reason=reason, revoked_at=self.clock.now())
+        )
+
+    # -- workers --------------------------------------------------------------------------
+
+    def worker(self, **options: Any) -> Worker:
+        """A worker for this app; see :class:`stem.worker.Worker` for the options."""
+        from .worker import Worker
+
+        return Worker(self, **options)
+
+
+class _TaskDecorator:
+    @overload
+    def __call__(self, fn: Callable[Concatenate[TaskContext, P], Awaitable[R]], /) -> Task[P, R]: ...
+    @overload
+    def __call__(self, fn: Callable[P, Awaitable[R]], /) -> Task[P, R]: ...
+    @overload
+    def __call__(self, fn: Callable[Concatenate[TaskContext, P], R], /) -> Task[P, R]: ...
+    @overload
+    def __call__(self, fn: Callable[P, R], /) -> Task[P, R]: ...
+    def __call__(self, fn: Callable[..., Any], /) -> Task[Any, Any]:  # pragma: no cover - typing only
+        raise NotImplementedError
+
+
+async def _invoke_inline(task: Task[Any, Any], ctx: TaskContext, args: list[Any], kwargs: dict[str, Any]) -> Any:
+    call_args = [ctx, *args] if task.takes_context else args
+    result = task.fn(*call_args, **kwargs)
+    if inspect.isawaitable(result):
+        result = await result
+    return result
+
+
+def _timestamp(value: Any, what: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise ConfigurationError(f"{what} must be a timezone-aware datetime (naive times are ambiguous)")
+        return value.timestamp()
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    raise ConfigurationError(f"{what} must be a datetime or a timestamp, not {value!r}")

@@ -1,0 +1,96 @@
+"""The Stem error hierarchy.
+
+Every error Stem raises on purpose derives from :class:`StemError`::
+
+    StemError
+    ├── ConfigurationError        bad options, URLs or settings, found at definition time
+    │   └── UnknownSchemeError    no adapter is installed for a URL scheme
+    ├── SerializationError        (also a TypeError) a value cannot be encoded for the wire
+    ├── DecodeError               bytes from a broker or store cannot be decoded
+    ├── UnknownTaskError          a task name is not registered with the app
+    ├── TaskTimeoutError          (also a TimeoutError) waiting for a result took too long
+    ├── AdapterError              a broker or store failed; the driver error is the __cause__
+    │   └── SchemaVersionError    a database was written by a newer Stem
+    ├── SoftTimeLimitExceeded     raised inside a handler when its soft time limit passes
+    ├── Retry                     raised by ``ctx.retry()`` to ask for another attempt
+    └── Reject                    raised by a handler to dead-letter its message at once
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AdapterError",
+    "ConfigurationError",
+    "DecodeError",
+    "Reject",
+    "Retry",
+    "SchemaVersionError",
+    "SerializationError",
+    "SoftTimeLimitExceeded",
+    "StemError",
+    "TaskTimeoutError",
+    "UnknownSchemeError",
+    "UnknownTaskError",
+]
+
+
+class StemError(Exception):
+    """Root of every error Stem raises on purpose."""
+
+
+class ConfigurationError(StemError, ValueError):
+    """An option, URL or setting is invalid; raised where it is given."""
+
+
+class UnknownSchemeError(ConfigurationError):
+    """No adapter is installed for the URL's scheme."""
+
+
+class SerializationError(StemError, TypeError):
+    """A value cannot be encoded; nothing was published or stored."""
+
+
+class DecodeError(StemError):
+    """Bytes read from a broker or store do not decode to what was expected."""
+
+
+class UnknownTaskError(StemError, LookupError):
+    """The task name is not registered with this app."""
+
+
+class TaskTimeoutError(StemError, TimeoutError):
+    """A wait for a task or workflow ended before a final state was reached."""
+
+
+class AdapterError(StemError):
+    """A broker or store operation failed; the driver's exception is ``__cause__``."""
+
+
+class SchemaVersionError(AdapterError):
+    """The database holds a schema newer than this version of Stem understands."""
+
+
+class SoftTimeLimitExceeded(StemError):
+    """The task ran past its soft time limit; catch it to clean up, then return or raise."""
+
+
+class Retry(StemError):
+    """Raised by :meth:`TaskContext.retry` to schedule another attempt.
+
+    Attributes:
+        countdown: seconds to wait before the next attempt, or None for the task's backoff.
+        exc: the error that caused the retry, if any.
+    """
+
+    def __init__(self, countdown: float | None = None, exc: BaseException | None = None) -> None:
+        super().__init__(f"retry requested (countdown={countdown})")
+        self.countdown = countdown
+        self.exc = exc
+
+
+class Reject(StemError):
+    """Raised by a handler to send its message to the dead-letter queue without retrying."""
+
+    def __init__(self, reason: str = "rejected") -> None:
+        super().__init__(reason)
+        self.reason = reason

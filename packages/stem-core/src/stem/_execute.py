@@ -1,0 +1,135 @@
+"""Running one task message: decode its arguments, call the handler, classify the outcome.
+
+The worker and eager mode share this, so both go through the same serialization
+path a real deployment does.
+"""
+
+from __future__ import annotations
+
+import enum
+import traceback as tb
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from ._codec import encode_value
+from ._errors import Reject, Retry, SerializationError
+from ._messages import Envelope, TaskError
+from ._task import Task, TaskContext
+
+if TYPE_CHECKING:
+    from ._app import Stem
+
+__all__ = ["Invoker", "Outcome", "OutcomeKind", "decode_arguments", "execute"]
+
+#: Calls the handler with its context and arguments; the worker's version picks the pool
+#: and enforces time limits.
+Invoker = Callable[[Task[Any, Any], TaskContext, list[Any], dict[str, Any]], Awaitable[Any]]
+
+
+class OutcomeKind(enum.Enum):
+    SUCCEEDED = "succeeded"
+    RETRY = "retry"
+    FAILED = "failed"  # final: dead-lettered with its error
+    DEAD = "dead"  # never ran (unknown task, bad arguments) or rejected
+
+
+@dataclass
+class Outcome:
+    kind: OutcomeKind
+    value: Any = None
+    error: TaskError | None = None
+    countdown: float | None = None
+    reason: str | None = None
+
+
+class BadArguments(Exception):
+    """The message's arguments do not fit the handler."""
+
+
+def task_error(exc: BaseException) -> TaskError:
+    return TaskError(
+        type=f"{type(exc).__module__}.{type(exc).__qualname__}".removeprefix("builtins."),
+        message=str(exc),
+        traceback="".join(tb.format_exception(exc)),
+    )
+
+
+def decode_arguments(app: Stem, task: Task[Any, Any], envelope: Envelope) -> tuple[list[Any], dict[str, Any]]:
+    """Decode and convert the arguments to the handler's annotated types.
+
+    Raises:
+        BadArguments: they do not bind to the signature or do not convert.
+    """
+    encoder = app.encoders.get(envelope.args_encoder)
+    args = list(encoder.decode(envelope.args))
+    kwargs = dict(encoder.decode(envelope.kwargs))
+    try:
+        bound = task.signature.bind(*args, **kwargs)
+    except TypeError as exc:
+        raise BadArguments(str(exc)) from None
+    if task.arg_types:
+        for name, value in list(bound.arguments.items()):
+            hint = task.arg_types.get(name)
+            if hint is None or task.signature.parameters[name].kind in (
+                task.signature.parameters[name].VAR_POSITIONAL,
+                task.signature.parameters[name].VAR_KEYWORD,
+            ):
+                continue
+            try:
+                bound.arguments[name] = msgspec.convert(value, hint, strict=False)
+            except (msgspec.ValidationError, TypeError) as exc:
+                raise BadArguments(f"argument {name!r}: {exc}") from None
+    return list(bound.args), dict(bound.kwargs)
+
+
+async def execute(app: Stem, task: Task[Any, Any], ctx: TaskContext, invoke: Invoker) -> Outcome:
+    """Run a task through the middleware and classify what happened."""
+    envelope = ctx.envelope
+    try:
+        args, kwargs = decode_arguments(app, task, envelope)
+    except BadArguments as exc:
+        return Outcome(OutcomeKind.DEAD, error=task_error(exc), reason="bad-arguments")
+
+    async def call_handler() -> Any:
+        return await invoke(task, ctx, args, kwargs)
+
+    chain = call_handler
+    for middleware in reversed(app.hooks.middleware):
+        chain = _wrap(middleware, ctx, chain)
+    try:
+        value = await chain()
+    except Retry as exc:
+        cause = exc.exc or exc
+        if envelope.attempt >= envelope.max_retries:
+            return Outcome(OutcomeKind.FAILED, error=task_error(cause), reason="max-retries")
+        countdown = exc.countdown if exc.countdown is not None else task.options_.backoff(envelope.attempt)
+        return Outcome(OutcomeKind.RETRY, error=task_error(cause), countdown=countdown)
+    except Reject as exc:
+        return Outcome(OutcomeKind.DEAD, error=task_error(exc), reason=exc.reason)
+    except Exception as exc:
+        if isinstance(exc, task.options_.retry_for) and envelope.attempt < envelope.max_retries:
+            return Outcome(
+                OutcomeKind.RETRY, error=task_error(exc), countdown=task.options_.backoff(envelope.attempt)
+            )
+        reason = "max-retries" if envelope.max_retries and isinstance(exc, task.options_.retry_for) else "failed"
+        return Outcome(OutcomeKind.FAILED, error=task_error(exc), reason=reason)
+    try:
+        stored = app.encoders.get(envelope.result_encoder).encode(value)
+        encode_value(stored)
+    except (SerializationError, TypeError) as exc:
+        error = SerializationError(
+            f"task {task.name!r} returned a {type(value).__name__}, which cannot be stored as a "
+            f"result ({exc}); return plain data or register a result encoder"
+        )
+        return Outcome(OutcomeKind.FAILED, error=task_error(error), reason="unserializable-result")
+    return Outcome(OutcomeKind.SUCCEEDED, value=stored)
+
+
+def _wrap(middleware: Any, ctx: TaskContext, inner: Callable[[], Awaitable[Any]]) -> Callable[[], Awaitable[Any]]:
+    async def call() -> Any:
+        return await middleware(ctx, inner)
+
+    return call

@@ -1,0 +1,76 @@
+"""Signals and middleware: code that runs around enqueueing and executing tasks.
+
+A failing hook is logged and never stops the enqueue or the worker.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+__all__ = ["HOOK_EVENTS", "Hooks", "Middleware"]
+
+log = logging.getLogger("stem.hooks")
+
+HOOK_EVENTS = (
+    "before_enqueue",
+    "after_enqueue",
+    "on_duplicate",
+    "on_consume",
+    "before_execute",
+    "after_execute",
+    "on_success",
+    "on_retry",
+    "on_failure",
+    "on_dead_letter",
+    "on_worker_start",
+    "on_worker_stop",
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: ``async def middleware(ctx, call_next)`` wraps each execution; ``await call_next()``
+#: runs the handler (and the inner middleware) and returns its value.
+Middleware = Callable[[Any, Callable[[], Awaitable[Any]]], Awaitable[Any]]
+
+
+class Hooks:
+    """Handlers per event, plus execution middleware.
+
+    Example:
+        @app.hooks.on("on_failure")
+        def alert(ctx, error): ...
+    """
+
+    def __init__(self) -> None:
+        self._handlers: dict[str, list[Callable[..., Any]]] = {e: [] for e in HOOK_EVENTS}
+        self.middleware: list[Middleware] = []
+
+    def on(self, event: str) -> Callable[[F], F]:
+        """Decorator: call the function (sync or async) with the event's keyword arguments."""
+        if event not in self._handlers:
+            raise ValueError(f"unknown hook event {event!r}; events are: {', '.join(HOOK_EVENTS)}")
+
+        def register(fn: F) -> F:
+            self._handlers[event].append(fn)
+            return fn
+
+        return register
+
+    def add_middleware(self, middleware: Middleware) -> Middleware:
+        self.middleware.append(middleware)
+        return middleware
+
+    def has(self, event: str) -> bool:
+        return bool(self._handlers[event])
+
+    async def emit(self, event: str, **kwargs: Any) -> None:
+        for handler in self._handlers[event]:
+            try:
+                result = handler(**kwargs)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                log.exception("hook %s for %s failed; going on", getattr(handler, "__qualname__", handler), event)

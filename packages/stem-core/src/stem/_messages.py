@@ -1,0 +1,226 @@
+"""The records Stem moves and stores: envelopes, deliveries, statuses, dead letters.
+
+All are msgspec Structs, so they encode to JSON or MessagePack quickly and decode
+with validation. Times are seconds since the epoch (floats, UTC).
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any, Generic, TypeVar
+
+import msgspec
+
+__all__ = [
+    "DeadLetter",
+    "Delivery",
+    "Envelope",
+    "GroupState",
+    "Message",
+    "QueueStats",
+    "RevokeEntry",
+    "TaskError",
+    "TaskResult",
+    "TaskState",
+    "TaskStatus",
+    "WorkerHeartbeat",
+]
+
+T = TypeVar("T")
+
+
+class Envelope(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One task message: what to run, with what, and how.
+
+    ``args`` and ``kwargs`` hold values already passed through the payload encoder
+    named by ``args_encoder``; ``result_encoder`` names the encoder the worker uses
+    for the stored result.
+    """
+
+    id: str
+    task: str
+    queue: str = "default"
+    args: list[Any] = []
+    kwargs: dict[str, Any] = {}
+    headers: dict[str, str] = {}
+    meta: dict[str, Any] = {}
+    attempt: int = 0
+    max_retries: int = 0
+    eta: float | None = None
+    expires: float | None = None
+    priority: int = 0
+    created_at: float = 0.0
+    args_encoder: str = "json"
+    result_encoder: str = "json"
+    trace_context: dict[str, str] = {}
+    signature: str | None = None
+    signature_key_id: str | None = None
+    group_id: str | None = None
+    callbacks: list[dict[str, Any]] = []
+
+
+class Message(msgspec.Struct, frozen=True, kw_only=True):
+    """What a broker stores and hands out: an opaque body plus the routing fields.
+
+    Brokers never decode ``body``; the worker does, so a body that does not decode
+    reaches the worker and is dead-lettered with reason ``malformed``.
+    """
+
+    id: str
+    queue: str
+    body: bytes
+    priority: int = 0
+    eta: float | None = None
+
+
+class Delivery(msgspec.Struct, frozen=True, kw_only=True):
+    """One hand-out of a message to one consumer, valid while its lease holds.
+
+    ``receipt`` identifies this hand-out: ack, nack, extend_lease and dead_letter
+    act only while the message has not been handed to another consumer since.
+    ``deliveries`` counts hand-outs of the message, this one included.
+    """
+
+    message: Message
+    receipt: str
+    deliveries: int
+    lease_expires_at: float
+
+
+class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
+    """A message set aside, with why."""
+
+    message: Message
+    reason: str
+    error: str | None = None
+    traceback: str | None = None
+    deliveries: int = 0
+    dead_at: float = 0.0
+
+
+class QueueStats(msgspec.Struct, frozen=True, kw_only=True):
+    """Counts for one queue: ready now, delayed until later, leased, dead-lettered."""
+
+    queue: str
+    pending: int = 0
+    delayed: int = 0
+    inflight: int = 0
+    dead: int = 0
+
+
+class TaskState(enum.StrEnum):
+    """Where a task is in its life. The last three are final."""
+
+    PENDING = "pending"
+    RECEIVED = "received"
+    STARTED = "started"
+    RETRIED = "retried"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    REVOKED = "revoked"
+
+    @property
+    def is_final(self) -> bool:
+        return self in _FINAL_STATES
+
+
+_FINAL_STATES = frozenset({TaskState.SUCCEEDED, TaskState.FAILED, TaskState.REVOKED})
+
+
+class TaskError(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Why a task failed: the exception type, its message and the traceback text."""
+
+    type: str
+    message: str
+    traceback: str | None = None
+
+
+class TaskStatus(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """The stored state of one task, as a result backend keeps it."""
+
+    id: str
+    state: TaskState
+    task: str = ""
+    queue: str = ""
+    value: Any = None
+    result_encoder: str = "json"
+    error: TaskError | None = None
+    attempt: int = 0
+    progress: float | None = None
+    progress_data: Any = None
+    worker: str | None = None
+    meta: dict[str, Any] = {}
+    updated_at: float = 0.0
+    expires_at: float | None = None
+
+
+class TaskResult(msgspec.Struct, Generic[T], kw_only=True):
+    """What :meth:`Stem.wait_for_task` returns: the status, the decoded value, the error.
+
+    ``timed_out`` is true when the wait ended before the task reached a final state;
+    ``status`` is then the last state seen (or None if the task is unknown).
+    """
+
+    id: str
+    status: TaskStatus | None
+    value: T | None = None
+    timed_out: bool = False
+
+    @property
+    def state(self) -> TaskState | None:
+        return self.status.state if self.status else None
+
+    @property
+    def succeeded(self) -> bool:
+        return self.state is TaskState.SUCCEEDED
+
+    @property
+    def failed(self) -> bool:
+        return self.state is TaskState.FAILED
+
+    @property
+    def error(self) -> TaskError | None:
+        return self.status.error if self.status else None
+
+
+class GroupState(msgspec.Struct, kw_only=True):
+    """A group's expected size and the statuses of the members that finished."""
+
+    id: str
+    size: int
+    results: dict[str, TaskStatus] = {}
+    meta: dict[str, Any] = {}
+    chord_claimed_by: str | None = None
+
+    @property
+    def complete(self) -> bool:
+        return len(self.results) >= self.size
+
+
+class WorkerHeartbeat(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """A worker's report of itself; ``last_consumed_at`` proves it is reading, not just alive."""
+
+    worker_id: str
+    host: str
+    pid: int
+    queues: list[str]
+    concurrency: int
+    inflight: int = 0
+    processed: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    retried: int = 0
+    started_at: float = 0.0
+    sent_at: float = 0.0
+    last_consumed_at: float | None = None
+    meta: dict[str, Any] = {}
+
+
+class RevokeEntry(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """A revoked task id; ``terminate`` asks workers to stop it if it is running."""
+
+    task_id: str
+    terminate: bool = False
+    reason: str | None = None
+    revoked_at: float = 0.0
+    expires_at: float | None = None

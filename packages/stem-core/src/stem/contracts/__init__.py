@@ -1,0 +1,50 @@
+"""The contracts every Stem adapter implements, and the records they exchange."""
+
+from __future__ import annotations
+
+from .._messages import (
+    DeadLetter,
+    Delivery,
+    GroupState,
+    Message,
+    QueueStats,
+    RevokeEntry,
+    TaskState,
+    TaskStatus,
+    WorkerHeartbeat,
+)
+from ._adapter import Adapter
+from ._backend import ResultBackend
+from ._broker import Broker, BrokerCapabilities
+from ._locks import LockStore, RevokeStore
+from ._schedule import ScheduleEntry, ScheduleStore
+from ._signals import ControlChannel, ControlMessage, EventBus
+from ._workflow import RunStatus, StepCheckpoint, Watcher, WorkflowRun, WorkflowStore
+
+__all__ = [
+    "Adapter",
+    "Broker",
+    "BrokerCapabilities",
+    "ControlChannel",
+    "ControlMessage",
+    "DeadLetter",
+    "Delivery",
+    "EventBus",
+    "GroupState",
+    "LockStore",
+    "Message",
+    "QueueStats",
+    "ResultBackend",
+    "RevokeEntry",
+    "RevokeStore",
+    "RunStatus",
+    "ScheduleEntry",
+    "ScheduleStore",
+    "StepCheckpoint",
+    "TaskState",
+    "TaskStatus",
+    "Watcher",
+    "WorkerHeartbeat",
+    "WorkflowRun",
+    "WorkflowStore",
+]

@@ -1,0 +1,46 @@
+"""The Adapter contract: builds brokers and stores for the URL schemes it registers."""
+
+from __future__ import annotations
+
+import abc
+
+from .._clock import Clock
+from .._errors import ConfigurationError
+from ._backend import ResultBackend
+from ._broker import Broker
+from ._locks import LockStore, RevokeStore
+from ._schedule import ScheduleStore
+from ._workflow import WorkflowStore
+
+__all__ = ["Adapter"]
+
+
+class Adapter(abc.ABC):
+    """One per distribution, registered under each scheme in the ``stem.adapters`` entry-point group.
+
+    Example (``pyproject.toml`` of a third-party adapter)::
+
+        [project.entry-points."stem.adapters"]
+        nats = "stem_nats:adapter"
+    """
+
+    #: The distribution users install to get this adapter, named in error messages.
+    distribution: str = ""
+
+    @abc.abstractmethod
+    def broker(self, url: str, *, clock: Clock | None = None) -> Broker: ...
+
+    @abc.abstractmethod
+    def result_backend(self, url: str, *, clock: Clock | None = None) -> ResultBackend: ...
+
+    @abc.abstractmethod
+    def lock_store(self, url: str, *, clock: Clock | None = None) -> LockStore: ...
+
+    @abc.abstractmethod
+    def revoke_store(self, url: str, *, clock: Clock | None = None) -> RevokeStore: ...
+
+    def workflow_store(self, url: str, *, clock: Clock | None = None) -> WorkflowStore:
+        raise ConfigurationError(f"{self.distribution or type(self).__name__} has no workflow store")
+
+    def schedule_store(self, url: str, *, clock: Clock | None = None) -> ScheduleStore:
+        raise ConfigurationError(f"{self.distribution or type(self).__name__} has no schedule store")
