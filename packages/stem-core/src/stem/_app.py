@@ -18,7 +18,15 @@ from ._errors import ConfigurationError, UnknownTaskError
 from ._execute import Outcome, OutcomeKind, execute
 from ._hooks import Hooks
 from ._messages import Envelope, Message, RevokeEntry, TaskResult, TaskState, TaskStatus
-from ._options import PoolKind, RetryStrategy, TaskOptions, build_options, check_priority, check_queue, seconds
+from ._options import (
+    PoolKind,
+    RetryStrategy,
+    TaskOptions,
+    build_options,
+    check_priority,
+    check_queue,
+    seconds,
+)
 from ._portal import Portal
 from ._registry import get_adapter
 from ._task import Task, TaskCall, TaskContext, TaskRef, task_name
@@ -39,7 +47,18 @@ T = TypeVar("T")
 #: Where Stem keeps its data when no URL is given: SQLite, no server needed.
 DEFAULT_URL = "sqlite:///.stem/stem.db"
 
-_ENQUEUE_KEYS = {"queue", "priority", "delay", "eta", "expires", "headers", "meta", "task_id", "max_retries", "unique_key"}
+_ENQUEUE_KEYS = {
+    "queue",
+    "priority",
+    "delay",
+    "eta",
+    "expires",
+    "headers",
+    "meta",
+    "task_id",
+    "max_retries",
+    "unique_key",
+}
 
 
 class Stem:
@@ -74,9 +93,13 @@ class Stem:
         from .memory import MemoryLockStore, MemoryResultBackend, MemoryRevokeStore
 
         if not isinstance(broker, Broker):
-            raise ConfigurationError(f"broker must be a stem.contracts.Broker, not {type(broker).__name__}")
+            raise ConfigurationError(
+                f"broker must be a stem.contracts.Broker, not {type(broker).__name__}"
+            )
         if wire_format not in ("json", "msgpack"):
-            raise ConfigurationError(f"wire_format must be 'json' or 'msgpack', not {wire_format!r}")
+            raise ConfigurationError(
+                f"wire_format must be 'json' or 'msgpack', not {wire_format!r}"
+            )
         self.clock: Clock = clock or broker.clock or SystemClock()
         self.broker = broker
         self.backend = backend or MemoryResultBackend(clock=self.clock)
@@ -152,7 +175,11 @@ class Stem:
     async def aclose(self) -> None:
         """Close the broker and stores."""
         closers = [self.broker, self.backend, self.lock_store, self.revoke_store]
-        closers += [s for s in (self._workflow_store, self._schedule_store) if isinstance(s, WorkflowStore | ScheduleStore)]
+        closers += [
+            s
+            for s in (self._workflow_store, self._schedule_store)
+            if isinstance(s, WorkflowStore | ScheduleStore)
+        ]
         seen: set[int] = set()
         for closer in closers:
             if id(closer) not in seen:
@@ -196,7 +223,6 @@ class Stem:
         unique_for: float | timedelta | None = None,
         expires: float | timedelta | None = None,
         pool: PoolKind | None = None,
-        store_result: bool | None = None,
         result_ttl: float | timedelta | None = None,
         args_encoder: str | None = None,
         result_encoder: str | None = None,
@@ -227,14 +253,20 @@ class Stem:
         if options.get("pool") is None:
             options["pool"] = "async" if inspect.iscoroutinefunction(fn) else "thread"
         elif options["pool"] == "async" and not inspect.iscoroutinefunction(fn):
-            raise ConfigurationError(f"task {name!r} is a plain function: use pool='thread' or 'process'")
+            raise ConfigurationError(
+                f"task {name!r} is a plain function: use pool='thread' or 'process'"
+            )
         opts = build_options(name, **options)
         for encoder_id in (opts.args_encoder, opts.result_encoder):
             if encoder_id not in self.encoders:
-                raise ConfigurationError(f"task {name!r} names payload encoder {encoder_id!r}, which is not registered")
+                raise ConfigurationError(
+                    f"task {name!r} names payload encoder {encoder_id!r}, which is not registered"
+                )
         existing = self.tasks.get(name)
         if existing is not None and existing.fn is not fn:
-            raise ConfigurationError(f"a different task is already registered as {name!r}; pass name=")
+            raise ConfigurationError(
+                f"a different task is already registered as {name!r}; pass name="
+            )
         handle: Task[Any, Any] = Task(self, fn, opts)
         self.tasks[name] = handle
         return handle
@@ -264,7 +296,11 @@ class Stem:
         return (await self._enqueue_calls([(name, tuple(args), dict(kwargs or {}), options)]))[0]
 
     def enqueue_sync(
-        self, name: str, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None, **options: Any
+        self,
+        name: str,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Any,
     ) -> str:
         """:meth:`enqueue` for synchronous code."""
         return self._portal.call(self.enqueue, name, args, kwargs, **options)
@@ -288,7 +324,7 @@ class Stem:
             if self.hooks.has("before_enqueue"):
                 await self.hooks.emit("before_enqueue", envelope=envelope)
             body = encode_envelope(envelope, self.wire_format)
-            if opts is not None and opts.unique or unique_key is not None:
+            if (opts is not None and opts.unique) or unique_key is not None:
                 existing = await self.unique.claim(envelope, opts, unique_key, now)
                 if existing is not None:
                     ids.append(existing)
@@ -298,7 +334,13 @@ class Stem:
             ids.append(envelope.id)
             published.append(envelope)
             messages.append(
-                Message(id=envelope.id, queue=envelope.queue, body=body, priority=envelope.priority, eta=envelope.eta)
+                Message(
+                    id=envelope.id,
+                    queue=envelope.queue,
+                    body=body,
+                    priority=envelope.priority,
+                    eta=envelope.eta,
+                )
             )
         if self.eager:
             for message in messages:
@@ -311,7 +353,12 @@ class Stem:
         return ids
 
     def _build(
-        self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], overrides: Mapping[str, Any], now: float
+        self,
+        name: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        overrides: Mapping[str, Any],
+        now: float,
     ) -> tuple[Envelope, TaskOptions | None, str | None]:
         unknown = set(overrides) - _ENQUEUE_KEYS
         if unknown:
@@ -321,7 +368,11 @@ class Stem:
         task = self.tasks.get(name)
         opts = task.options_ if task else None
         queue = check_queue(overrides.get("queue") or (opts.queue if opts else self.default_queue))
-        priority = check_priority(overrides["priority"]) if "priority" in overrides else (opts.priority if opts else 0)
+        priority = (
+            check_priority(overrides["priority"])
+            if "priority" in overrides
+            else (opts.priority if opts else 0)
+        )
         eta = _timestamp(overrides.get("eta"), "eta")
         delay = seconds(overrides.get("delay"), "delay")
         if delay:
@@ -330,11 +381,17 @@ class Stem:
         expires = (
             _timestamp(expires_opt, "expires")
             if isinstance(expires_opt, datetime)
-            else (None if expires_opt is None else (eta or now) + (seconds(expires_opt, "expires") or 0.0))
+            else (
+                None
+                if expires_opt is None
+                else (eta or now) + (seconds(expires_opt, "expires") or 0.0)
+            )
         )
         max_retries = overrides.get("max_retries", opts.max_retries if opts else 0)
         if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
-            raise ConfigurationError(f"max_retries must be a whole number >= 0, not {max_retries!r}")
+            raise ConfigurationError(
+                f"max_retries must be a whole number >= 0, not {max_retries!r}"
+            )
         args_encoder = opts.args_encoder if opts else "json"
         encoder = self.encoders.get(args_encoder)
         headers = dict(overrides.get("headers") or {})
@@ -373,26 +430,26 @@ class Stem:
                 await self.store_status(envelope, TaskState.RETRIED, outcome=outcome)
                 envelope = msgspec.structs.replace(envelope, attempt=envelope.attempt + 1)
                 continue
-            state = TaskState.SUCCEEDED if outcome.kind is OutcomeKind.SUCCEEDED else TaskState.FAILED
+            state = (
+                TaskState.SUCCEEDED if outcome.kind is OutcomeKind.SUCCEEDED else TaskState.FAILED
+            )
             await self.store_status(envelope, state, outcome=outcome)
             await self.unique.release(envelope)
             return
 
     # -- results --------------------------------------------------------------------------
 
-    async def store_status(
+    def make_status(
         self,
         envelope: Envelope,
         state: TaskState,
         *,
         outcome: Outcome | None = None,
         worker: str | None = None,
-        meta: dict[str, Any] | None = None,
-    ) -> None:
-        """Write a task's status to the backend (workers and eager mode use this)."""
+        progress: tuple[float, Any] | None = None,
+    ) -> tuple[TaskStatus, float | None]:
+        """The status record of a task in ``state``, and how long to keep it."""
         task = self.tasks.get(envelope.task)
-        if task is not None and not task.options_.store_result and not state.is_final:
-            return
         status = TaskStatus(
             id=envelope.id,
             state=state,
@@ -403,10 +460,26 @@ class Stem:
             error=outcome.error if outcome else None,
             attempt=envelope.attempt,
             worker=worker,
-            meta=meta or {},
+            progress=progress[0] if progress else None,
+            progress_data=progress[1] if progress else None,
             updated_at=self.clock.now(),
         )
         ttl = task.options_.result_ttl if task is not None and state.is_final else None
+        return status, ttl
+
+    async def store_status(
+        self,
+        envelope: Envelope,
+        state: TaskState,
+        *,
+        outcome: Outcome | None = None,
+        worker: str | None = None,
+        progress: tuple[float, Any] | None = None,
+    ) -> None:
+        """Write a task's status to the backend (workers and eager mode use this)."""
+        status, ttl = self.make_status(
+            envelope, state, outcome=outcome, worker=worker, progress=progress
+        )
         await self.backend.set_status(status, ttl=ttl)
 
     async def get_status(self, task_id: str) -> TaskStatus | None:
@@ -414,13 +487,17 @@ class Stem:
         return await self.backend.get_status(str(task_id))
 
     @overload
-    async def wait_for_task(self, task_id: TaskRef[T], *, timeout: float | None = None) -> TaskResult[T]: ...
+    async def wait_for_task(
+        self, task_id: TaskRef[T], *, timeout: float | None = None
+    ) -> TaskResult[T]: ...
     @overload
     async def wait_for_task(
         self, task_id: str, *, timeout: float | None = None, decode: Callable[[Any], T] | type[T]
     ) -> TaskResult[T]: ...
     @overload
-    async def wait_for_task(self, task_id: str, *, timeout: float | None = None) -> TaskResult[Any]: ...
+    async def wait_for_task(
+        self, task_id: str, *, timeout: float | None = None
+    ) -> TaskResult[Any]: ...
 
     async def wait_for_task(
         self, task_id: str, *, timeout: float | None = None, decode: Any = None
@@ -445,7 +522,9 @@ class Stem:
             value = self._decode_result(last, decode)
         return TaskResult(id=str(task_id), status=last, value=value)
 
-    def wait_for_task_sync(self, task_id: str, *, timeout: float | None = None, decode: Any = None) -> TaskResult[Any]:
+    def wait_for_task_sync(
+        self, task_id: str, *, timeout: float | None = None, decode: Any = None
+    ) -> TaskResult[Any]:
         """:meth:`wait_for_task` for synchronous code."""
         return self._portal.call(self.wait_for_task, task_id, timeout=timeout, decode=decode)
 
@@ -460,10 +539,17 @@ class Stem:
             return msgspec.convert(value, decode, strict=False)
         return decode(value)
 
-    async def revoke(self, task_id: str, *, terminate: bool = False, reason: str | None = None) -> None:
+    async def revoke(
+        self, task_id: str, *, terminate: bool = False, reason: str | None = None
+    ) -> None:
         """Revoke a task: it will not run; with ``terminate``, a running one is stopped."""
         await self.revoke_store.revoke(
-            RevokeEntry(task_id=str(task_id), terminate=terminate, reason=reason, revoked_at=self.clock.now())
+            RevokeEntry(
+                task_id=str(task_id),
+                terminate=terminate,
+                reason=reason,
+                revoked_at=self.clock.now(),
+            )
         )
 
     # -- workers --------------------------------------------------------------------------
@@ -477,18 +563,24 @@ class Stem:
 
 class _TaskDecorator:
     @overload
-    def __call__(self, fn: Callable[Concatenate[TaskContext, P], Awaitable[R]], /) -> Task[P, R]: ...
+    def __call__(
+        self, fn: Callable[Concatenate[TaskContext, P], Awaitable[R]], /
+    ) -> Task[P, R]: ...
     @overload
     def __call__(self, fn: Callable[P, Awaitable[R]], /) -> Task[P, R]: ...
     @overload
     def __call__(self, fn: Callable[Concatenate[TaskContext, P], R], /) -> Task[P, R]: ...
     @overload
     def __call__(self, fn: Callable[P, R], /) -> Task[P, R]: ...
-    def __call__(self, fn: Callable[..., Any], /) -> Task[Any, Any]:  # pragma: no cover - typing only
+    def __call__(
+        self, fn: Callable[..., Any], /
+    ) -> Task[Any, Any]:  # pragma: no cover - typing only
         raise NotImplementedError
 
 
-async def _invoke_inline(task: Task[Any, Any], ctx: TaskContext, args: list[Any], kwargs: dict[str, Any]) -> Any:
+async def _invoke_inline(
+    task: Task[Any, Any], ctx: TaskContext, args: list[Any], kwargs: dict[str, Any]
+) -> Any:
     call_args = [ctx, *args] if task.takes_context else args
     result = task.fn(*call_args, **kwargs)
     if inspect.isawaitable(result):
@@ -501,7 +593,9 @@ def _timestamp(value: Any, what: str) -> float | None:
         return None
     if isinstance(value, datetime):
         if value.tzinfo is None:
-            raise ConfigurationError(f"{what} must be a timezone-aware datetime (naive times are ambiguous)")
+            raise ConfigurationError(
+                f"{what} must be a timezone-aware datetime (naive times are ambiguous)"
+            )
         return value.timestamp()
     if isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)

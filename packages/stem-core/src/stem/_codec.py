@@ -13,7 +13,7 @@ Two layers:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import msgspec
@@ -81,7 +81,9 @@ class EncoderRegistry:
             )
         existing = self._by_id.get(encoder.id)
         if existing is not None and existing is not encoder and encoder.id != "json":
-            raise ConfigurationError(f"a payload encoder with id {encoder.id!r} is already registered")
+            raise ConfigurationError(
+                f"a payload encoder with id {encoder.id!r} is already registered"
+            )
         self._by_id[encoder.id] = encoder
 
     def get(self, encoder_id: str) -> PayloadEncoder:
@@ -122,13 +124,17 @@ def encode_value(value: Any, wire_format: WireFormat = "json") -> bytes:
     try:
         return encoder.encode(value)
     except (TypeError, ValueError, OverflowError) as exc:
-        raise SerializationError(f"value of type {type(value).__name__} cannot be serialized: {exc}") from exc
+        raise SerializationError(
+            f"value of type {type(value).__name__} cannot be serialized: {exc}"
+        ) from exc
 
 
 def _explain(
     envelope: Envelope, encoder: msgspec.json.Encoder | msgspec.msgpack.Encoder, exc: Exception
 ) -> SerializationError:
-    named: list[tuple[str, Any]] = [(f"positional argument {i}", v) for i, v in enumerate(envelope.args)]
+    named: list[tuple[str, Any]] = [
+        (f"positional argument {i}", v) for i, v in enumerate(envelope.args)
+    ]
     named += [(f"argument {k!r}", v) for k, v in envelope.kwargs.items()]
     named += [(f"header {k!r}", v) for k, v in envelope.headers.items()]
     named += [(f"meta {k!r}", v) for k, v in envelope.meta.items()]
@@ -143,4 +149,3 @@ def _explain(
                 "payload encoder"
             )
     return SerializationError(f"task {envelope.task!r} cannot be serialized: {exc}")
-

@@ -12,6 +12,7 @@ Every error Stem raises on purpose derives from :class:`StemError`::
     ├── AdapterError              a broker or store failed; the driver error is the __cause__
     │   └── SchemaVersionError    a database was written by a newer Stem
     ├── SoftTimeLimitExceeded     raised inside a handler when its soft time limit passes
+    ├── TimeLimitExceeded         the hard time limit passed and the handler was stopped
     ├── Retry                     raised by ``ctx.retry()`` to ask for another attempt
     └── Reject                    raised by a handler to dead-letter its message at once
 """
@@ -29,6 +30,7 @@ __all__ = [
     "SoftTimeLimitExceeded",
     "StemError",
     "TaskTimeoutError",
+    "TimeLimitExceeded",
     "UnknownSchemeError",
     "UnknownTaskError",
 ]
@@ -72,6 +74,10 @@ class SchemaVersionError(AdapterError):
 
 class SoftTimeLimitExceeded(StemError):
     """The task ran past its soft time limit; catch it to clean up, then return or raise."""
+
+
+class TimeLimitExceeded(StemError):
+    """The task ran past its hard time limit and was stopped; it is failed, not retried."""
 
 
 class Retry(StemError):

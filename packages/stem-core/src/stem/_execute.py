@@ -7,6 +7,7 @@ path a real deployment does.
 from __future__ import annotations
 
 import enum
+import os
 import traceback as tb
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -14,15 +15,22 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from ._codec import encode_value
-from ._errors import Reject, Retry, SerializationError
+from ._errors import Reject, Retry, SerializationError, TimeLimitExceeded
 from ._messages import Envelope, TaskError
 from ._task import Task, TaskContext
 
 if TYPE_CHECKING:
     from ._app import Stem
 
-__all__ = ["Invoker", "Outcome", "OutcomeKind", "decode_arguments", "execute"]
+__all__ = [
+    "HandlerFailure",
+    "Invoker",
+    "Outcome",
+    "OutcomeKind",
+    "decode_arguments",
+    "execute",
+    "task_error",
+]
 
 #: Calls the handler with its context and arguments; the worker's version picks the pool
 #: and enforces time limits.
@@ -45,19 +53,49 @@ class Outcome:
     reason: str | None = None
 
 
+class HandlerFailure(Exception):
+    """A failure reported by a handler that ran elsewhere (a child process).
+
+    ``kind`` is ``error``, ``retry`` or ``reject``; ``task_error`` is the remote record.
+    """
+
+    def __init__(
+        self,
+        error: TaskError,
+        *,
+        retryable: bool,
+        kind: str = "error",
+        countdown: float | None = None,
+    ) -> None:
+        super().__init__(f"{error.type}: {error.message}")
+        self.task_error = error
+        self.retryable = retryable
+        self.kind = kind
+        self.countdown = countdown
+
+
 class BadArguments(Exception):
     """The message's arguments do not fit the handler."""
 
 
+_STEM_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
 def task_error(exc: BaseException) -> TaskError:
+    """The error record of an exception, its traceback without Stem's own frames."""
+    frames = exc.__traceback__
+    while frames is not None and frames.tb_frame.f_code.co_filename.startswith(_STEM_DIR):
+        frames = frames.tb_next
     return TaskError(
         type=f"{type(exc).__module__}.{type(exc).__qualname__}".removeprefix("builtins."),
         message=str(exc),
-        traceback="".join(tb.format_exception(exc)),
+        traceback="".join(tb.format_exception(type(exc), exc, frames or exc.__traceback__)),
     )
 
 
-def decode_arguments(app: Stem, task: Task[Any, Any], envelope: Envelope) -> tuple[list[Any], dict[str, Any]]:
+def decode_arguments(
+    app: Stem, task: Task[Any, Any], envelope: Envelope
+) -> tuple[list[Any], dict[str, Any]]:
     """Decode and convert the arguments to the handler's annotated types.
 
     Raises:
@@ -102,23 +140,25 @@ async def execute(app: Stem, task: Task[Any, Any], ctx: TaskContext, invoke: Inv
     try:
         value = await chain()
     except Retry as exc:
-        cause = exc.exc or exc
-        if envelope.attempt >= envelope.max_retries:
-            return Outcome(OutcomeKind.FAILED, error=task_error(cause), reason="max-retries")
-        countdown = exc.countdown if exc.countdown is not None else task.options_.backoff(envelope.attempt)
-        return Outcome(OutcomeKind.RETRY, error=task_error(cause), countdown=countdown)
+        return _retry_or_fail(task, envelope, task_error(exc.exc or exc), exc.countdown)
     except Reject as exc:
         return Outcome(OutcomeKind.DEAD, error=task_error(exc), reason=exc.reason)
+    except TimeLimitExceeded as exc:
+        return Outcome(OutcomeKind.FAILED, error=task_error(exc), reason="time-limit")
+    except HandlerFailure as exc:
+        if exc.kind == "reject":
+            return Outcome(OutcomeKind.DEAD, error=exc.task_error, reason="rejected")
+        if exc.kind == "retry" or exc.retryable:
+            return _retry_or_fail(task, envelope, exc.task_error, exc.countdown)
+        return Outcome(OutcomeKind.FAILED, error=exc.task_error, reason="failed")
     except Exception as exc:
-        if isinstance(exc, task.options_.retry_for) and envelope.attempt < envelope.max_retries:
-            return Outcome(
-                OutcomeKind.RETRY, error=task_error(exc), countdown=task.options_.backoff(envelope.attempt)
-            )
-        reason = "max-retries" if envelope.max_retries and isinstance(exc, task.options_.retry_for) else "failed"
-        return Outcome(OutcomeKind.FAILED, error=task_error(exc), reason=reason)
+        if isinstance(exc, task.options_.retry_for):
+            return _retry_or_fail(task, envelope, task_error(exc), None)
+        return Outcome(OutcomeKind.FAILED, error=task_error(exc), reason="failed")
     try:
-        stored = app.encoders.get(envelope.result_encoder).encode(value)
-        encode_value(stored)
+        # to_builtins both checks the value can be stored and gives it the shape every
+        # backend returns (dataclasses become dicts, datetimes strings), even in memory.
+        stored = msgspec.to_builtins(app.encoders.get(envelope.result_encoder).encode(value))
     except (SerializationError, TypeError) as exc:
         error = SerializationError(
             f"task {task.name!r} returned a {type(value).__name__}, which cannot be stored as a "
@@ -128,7 +168,20 @@ async def execute(app: Stem, task: Task[Any, Any], ctx: TaskContext, invoke: Inv
     return Outcome(OutcomeKind.SUCCEEDED, value=stored)
 
 
-def _wrap(middleware: Any, ctx: TaskContext, inner: Callable[[], Awaitable[Any]]) -> Callable[[], Awaitable[Any]]:
+def _retry_or_fail(
+    task: Task[Any, Any], envelope: Envelope, error: TaskError, countdown: float | None
+) -> Outcome:
+    if envelope.attempt >= envelope.max_retries:
+        reason = "max-retries" if envelope.max_retries else "failed"
+        return Outcome(OutcomeKind.FAILED, error=error, reason=reason)
+    if countdown is None:
+        countdown = task.options_.backoff(envelope.attempt)
+    return Outcome(OutcomeKind.RETRY, error=error, countdown=countdown)
+
+
+def _wrap(
+    middleware: Any, ctx: TaskContext, inner: Callable[[], Awaitable[Any]]
+) -> Callable[[], Awaitable[Any]]:
     async def call() -> Any:
         return await middleware(ctx, inner)
 

@@ -73,4 +73,8 @@ class Hooks:
                 if inspect.isawaitable(result):
                     await result
             except Exception:
-                log.exception("hook %s for %s failed; going on", getattr(handler, "__qualname__", handler), event)
+                log.exception(
+                    "hook %s for %s failed; going on",
+                    getattr(handler, "__qualname__", handler),
+                    event,
+                )

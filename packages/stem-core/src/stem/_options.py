@@ -5,10 +5,9 @@ from __future__ import annotations
 import random
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Literal
-
-from dataclasses import dataclass
 
 import msgspec
 
@@ -53,7 +52,9 @@ class ExponentialBackoff:
         rng: random.Random | None = None,
     ) -> None:
         if base < 0 or factor < 1 or max_delay < 0:
-            raise ConfigurationError("ExponentialBackoff needs base >= 0, factor >= 1, max_delay >= 0")
+            raise ConfigurationError(
+                "ExponentialBackoff needs base >= 0, factor >= 1, max_delay >= 0"
+            )
         self.base, self.factor, self.max_delay, self.jitter = base, factor, max_delay, jitter
         self._rng = rng or random.Random()
 
@@ -68,8 +69,20 @@ class ExponentialBackoff:
         )
 
 
-_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(\d+(?:\.\d+)?)?\s*(s|sec|m|min|h|hr|hour|second|minute)s?\s*$")
-_UNIT = {"s": 1.0, "sec": 1.0, "second": 1.0, "m": 60.0, "min": 60.0, "minute": 60.0, "h": 3600.0, "hr": 3600.0, "hour": 3600.0}
+_RATE = re.compile(
+    r"^\s*(\d+(?:\.\d+)?)\s*/\s*(\d+(?:\.\d+)?)?\s*(s|sec|m|min|h|hr|hour|second|minute)s?\s*$"
+)
+_UNIT = {
+    "s": 1.0,
+    "sec": 1.0,
+    "second": 1.0,
+    "m": 60.0,
+    "min": 60.0,
+    "minute": 60.0,
+    "h": 3600.0,
+    "hr": 3600.0,
+    "hour": 3600.0,
+}
 
 
 class RateLimit(msgspec.Struct, frozen=True):
@@ -117,7 +130,6 @@ class TaskOptions:
     unique_for: float | None = None
     expires: float | None = None
     pool: PoolKind | None = None
-    store_result: bool = True
     result_ttl: float | None = 86400.0
     args_encoder: str = "json"
     result_encoder: str = "json"
@@ -131,12 +143,19 @@ _DEFAULT_BACKOFF = ExponentialBackoff()
 
 def check_priority(priority: Any) -> int:
     if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 9:
-        raise ConfigurationError(f"priority must be a whole number from 0 to 9 (higher runs first), not {priority!r}")
+        raise ConfigurationError(
+            f"priority must be a whole number from 0 to 9 (higher runs first), not {priority!r}"
+        )
     return priority
 
 
 def check_queue(queue: Any) -> str:
-    if not isinstance(queue, str) or not queue or len(queue) > 200 or any(c.isspace() for c in queue):
+    if (
+        not isinstance(queue, str)
+        or not queue
+        or len(queue) > 200
+        or any(c.isspace() for c in queue)
+    ):
         raise ConfigurationError(f"queue must be a non-empty name without spaces, not {queue!r}")
     return queue
 
@@ -164,7 +183,9 @@ def build_options(name: str, **raw: Any) -> TaskOptions:
             elif callable(value):
                 opts[key] = value
             else:
-                raise ConfigurationError("retry_backoff must be seconds, a timedelta, or a callable(attempt) -> seconds")
+                raise ConfigurationError(
+                    "retry_backoff must be seconds, a timedelta, or a callable(attempt) -> seconds"
+                )
         elif key == "retry_for":
             types = value if isinstance(value, tuple) else (value,)
             if not all(isinstance(t, type) and issubclass(t, BaseException) for t in types):
@@ -172,16 +193,28 @@ def build_options(name: str, **raw: Any) -> TaskOptions:
             opts[key] = types
         elif key == "rate_limit":
             opts[key] = value if isinstance(value, RateLimit) else RateLimit.parse(value)
-        elif key in {"visibility_timeout", "soft_time_limit", "time_limit", "unique_for", "expires", "result_ttl"}:
+        elif key in {
+            "visibility_timeout",
+            "soft_time_limit",
+            "time_limit",
+            "unique_for",
+            "expires",
+            "result_ttl",
+        }:
             secs = seconds(value, key)
-            if key in {"visibility_timeout", "soft_time_limit", "time_limit", "unique_for"} and secs == 0:
+            if (
+                key in {"visibility_timeout", "soft_time_limit", "time_limit", "unique_for"}
+                and secs == 0
+            ):
                 raise ConfigurationError(f"{key} must be more than zero")
             opts[key] = secs
         elif key == "pool":
             if value not in ("async", "thread", "process"):
-                raise ConfigurationError(f"pool must be 'async', 'thread' or 'process', not {value!r}")
+                raise ConfigurationError(
+                    f"pool must be 'async', 'thread' or 'process', not {value!r}"
+                )
             opts[key] = value
-        elif key in {"unique", "store_result"}:
+        elif key == "unique":
             if not isinstance(value, bool):
                 raise ConfigurationError(f"{key} must be True or False, not {value!r}")
             opts[key] = value

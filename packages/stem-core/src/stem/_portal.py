@@ -25,6 +25,7 @@ class Portal:
 
     def __init__(self) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
     def _ensure(self) -> asyncio.AbstractEventLoop:
@@ -33,7 +34,7 @@ class Portal:
                 loop = asyncio.new_event_loop()
                 thread = threading.Thread(target=loop.run_forever, name="stem-portal", daemon=True)
                 thread.start()
-                self._loop = loop
+                self._loop, self._thread = loop, thread
                 atexit.register(self.stop)
             return self._loop
 
@@ -51,7 +52,13 @@ class Portal:
         return asyncio.run_coroutine_threadsafe(fn(*args, **kwargs), loop).result()
 
     def stop(self) -> None:
+        """Stop and close the loop (apps call this from ``aclose``)."""
         with self._lock:
-            loop, self._loop = self._loop, None
-        if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(loop.stop)
+            loop, thread = self._loop, self._thread
+            self._loop = self._thread = None
+        if loop is None or thread is None:
+            return
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=5)
+        if not thread.is_alive():
+            loop.close()

@@ -70,8 +70,7 @@ def get_adapter(url: str) -> Adapter:
         close = difflib.get_close_matches(scheme, known, n=1)
         hint = f" Did you mean {close[0]}://?" if close else ""
         raise UnknownSchemeError(
-            f"no Stem adapter handles {scheme}:// URLs. Known schemes: "
-            f"{', '.join(known)}.{hint}"
+            f"no Stem adapter handles {scheme}:// URLs. Known schemes: {', '.join(known)}.{hint}"
         )
     adapter = _load(scheme, target)
     _registered[scheme] = adapter

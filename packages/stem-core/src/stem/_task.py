@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import inspect
+import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, NoReturn, ParamSpec, TypeVar
 
@@ -87,7 +89,9 @@ class TaskContext:
     def meta(self) -> dict[str, Any]:
         return self.envelope.meta
 
-    def retry(self, countdown: float | timedelta | None = None, exc: BaseException | None = None) -> NoReturn:
+    def retry(
+        self, countdown: float | timedelta | None = None, exc: BaseException | None = None
+    ) -> NoReturn:
         """Stop this attempt and schedule another (counts against ``max_retries``).
 
         Raises:
@@ -103,6 +107,10 @@ class TaskContext:
             raise ValueError("progress is a fraction from 0.0 to 1.0")
         await self._runtime.progress(fraction, data)
 
+    def progress_sync(self, fraction: float, data: Any = None) -> None:
+        """:meth:`progress` for plain (thread-pool) handlers."""
+        self._runtime.call_sync(self.progress(fraction, data))
+
     async def heartbeat(self) -> None:
         """Tell the worker this handler is alive: renews the message's lease now."""
         await self._runtime.extend_lease(None)
@@ -113,6 +121,10 @@ class TaskContext:
             seconds = seconds.total_seconds()
         return await self._runtime.extend_lease(seconds)
 
+    def heartbeat_sync(self) -> None:
+        """:meth:`heartbeat` for plain (thread-pool) handlers."""
+        self._runtime.call_sync(self.heartbeat())
+
     def idempotency_key(self, scope: str = "") -> str:
         """A key stable across retries and redeliveries of this task, for outbound calls."""
         return hashlib.sha256(f"{self.name}\0{self.id}\0{scope}".encode()).hexdigest()[:32]
@@ -120,6 +132,14 @@ class TaskContext:
 
 class _Runtime:
     """What a context needs from whoever runs it; the worker supplies a real one."""
+
+    loop: asyncio.AbstractEventLoop | None = None
+
+    def call_sync(self, coro: Coroutine[Any, Any, Any]) -> Any:
+        """Run a context coroutine from a handler thread on the worker's loop."""
+        if self.loop is None:
+            return asyncio.run(coro)
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
 
     async def progress(self, fraction: float, data: Any) -> None:
         return None
@@ -144,10 +164,7 @@ class Task(Generic[P, R]):
         self.is_async = inspect.iscoroutinefunction(fn)
         signature = inspect.signature(fn)
         params = list(signature.parameters.values())
-        try:
-            hints = typing.get_type_hints(fn)
-        except Exception:  # unresolvable forward references: fall back to no conversion
-            hints = {}
+        hints = _type_hints(fn)
         self.takes_context = bool(params) and _is_context_param(params[0], hints)
         if self.takes_context:
             params = params[1:]
@@ -204,11 +221,30 @@ class TaskCall(Generic[P, R]):
     async def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> TaskRef[R]:
         args_, kwargs_ = (args, kwargs) if (args or kwargs) else (self.args, self.kwargs)
         self.task.check_arguments(args_, kwargs_)
-        ids = await self.task.app._enqueue_calls([(self.task.name, args_, dict(kwargs_), self.overrides)])
+        ids = await self.task.app._enqueue_calls(
+            [(self.task.name, args_, dict(kwargs_), self.overrides)]
+        )
         return TaskRef(ids[0])
 
     def enqueue_sync(self, *args: P.args, **kwargs: P.kwargs) -> TaskRef[R]:
         return self.task.app._portal.call(self.enqueue, *args, **kwargs)
+
+
+def _type_hints(fn: Callable[..., Any]) -> dict[str, Any]:
+    """Resolved annotations; one that cannot be resolved is left out, not fatal."""
+    try:
+        return typing.get_type_hints(fn)
+    except Exception:
+        pass
+    hints: dict[str, Any] = {}
+    namespace = getattr(fn, "__globals__", {})
+    for name, annotation in getattr(fn, "__annotations__", {}).items():
+        holder = types.SimpleNamespace(__annotations__={name: annotation})
+        try:
+            hints.update(typing.get_type_hints(holder, globalns=namespace))
+        except Exception:
+            continue
+    return hints
 
 
 def _is_context_param(param: inspect.Parameter, hints: dict[str, Any]) -> bool:

@@ -26,7 +26,14 @@ _canonical = msgspec.json.Encoder(order="sorted")
 def unique_key(envelope: Envelope) -> str:
     """A hash of name, queue, arguments, headers and metadata (keys starting ``stem.`` left out)."""
     meta = {k: v for k, v in envelope.meta.items() if not k.startswith("stem.")}
-    material: list[Any] = [envelope.task, envelope.queue, envelope.args, envelope.kwargs, envelope.headers, meta]
+    material: list[Any] = [
+        envelope.task,
+        envelope.queue,
+        envelope.args,
+        envelope.kwargs,
+        envelope.headers,
+        meta,
+    ]
     return hashlib.sha256(_canonical.encode(material)).hexdigest()
 
 

@@ -17,6 +17,7 @@ from ._adapter import Adapter
 from ._backend import ResultBackend
 from ._broker import Broker, BrokerCapabilities
 from ._locks import LockStore, RevokeStore
+from ._ratelimit import RateLimiter
 from ._schedule import ScheduleEntry, ScheduleStore
 from ._signals import ControlChannel, ControlMessage, EventBus
 from ._workflow import RunStatus, StepCheckpoint, Watcher, WorkflowRun, WorkflowStore
@@ -34,6 +35,7 @@ __all__ = [
     "LockStore",
     "Message",
     "QueueStats",
+    "RateLimiter",
     "ResultBackend",
     "RevokeEntry",
     "RevokeStore",

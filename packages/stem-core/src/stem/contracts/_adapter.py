@@ -40,7 +40,11 @@ class Adapter(abc.ABC):
     def revoke_store(self, url: str, *, clock: Clock | None = None) -> RevokeStore: ...
 
     def workflow_store(self, url: str, *, clock: Clock | None = None) -> WorkflowStore:
-        raise ConfigurationError(f"{self.distribution or type(self).__name__} has no workflow store")
+        raise ConfigurationError(
+            f"{self.distribution or type(self).__name__} has no workflow store"
+        )
 
     def schedule_store(self, url: str, *, clock: Clock | None = None) -> ScheduleStore:
-        raise ConfigurationError(f"{self.distribution or type(self).__name__} has no schedule store")
+        raise ConfigurationError(
+            f"{self.distribution or type(self).__name__} has no schedule store"
+        )

@@ -34,6 +34,11 @@ class ResultBackend(abc.ABC):
     async def set_status(self, status: TaskStatus, *, ttl: float | None = None) -> None:
         """Store a status, replacing the one stored before."""
 
+    async def set_statuses(self, statuses: Sequence[tuple[TaskStatus, float | None]]) -> None:
+        """Store several statuses, each with its ttl; adapters override this to batch the writes."""
+        for status, ttl in statuses:
+            await self.set_status(status, ttl=ttl)
+
     @abc.abstractmethod
     async def get_status(self, task_id: str) -> TaskStatus | None:
         """The stored status, or None if unknown or expired."""
@@ -61,7 +66,9 @@ class ResultBackend(abc.ABC):
         """Return when the status of ``task_id`` may have changed, or after ``timeout``."""
         await self.clock.sleep(min(timeout, self.poll_interval))
 
-    async def watch(self, task_id: str, *, timeout: float | None = None) -> AsyncIterator[TaskStatus]:
+    async def watch(
+        self, task_id: str, *, timeout: float | None = None
+    ) -> AsyncIterator[TaskStatus]:
         """Yield each new status of a task until it is final or ``timeout`` passes."""
         deadline = None if timeout is None else self.clock.monotonic() + timeout
         last: TaskStatus | None = None
@@ -80,7 +87,9 @@ class ResultBackend(abc.ABC):
     # -- groups and chords ----------------------------------------------------------------
 
     @abc.abstractmethod
-    async def init_group(self, group_id: str, size: int, *, meta: dict[str, object] | None = None) -> None:
+    async def init_group(
+        self, group_id: str, size: int, *, meta: dict[str, object] | None = None
+    ) -> None:
         """Create a group expecting ``size`` member results."""
 
     @abc.abstractmethod

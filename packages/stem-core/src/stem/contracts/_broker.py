@@ -121,7 +121,9 @@ class Broker(abc.ABC):
         return await self.ack_many([delivery]) == 1
 
     @abc.abstractmethod
-    async def nack(self, delivery: Delivery, *, requeue: bool = True, delay: float | None = None) -> bool:
+    async def nack(
+        self, delivery: Delivery, *, requeue: bool = True, delay: float | None = None
+    ) -> bool:
         """Give a delivery back: requeue it (after ``delay`` seconds) or drop it."""
 
     @abc.abstractmethod

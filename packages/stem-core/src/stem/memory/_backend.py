@@ -25,7 +25,11 @@ class MemoryResultBackend(ResultBackend):
 
     def _live(self, task_id: str) -> TaskStatus | None:
         status = self._statuses.get(task_id)
-        if status is not None and status.expires_at is not None and status.expires_at <= self.clock.now():
+        if (
+            status is not None
+            and status.expires_at is not None
+            and status.expires_at <= self.clock.now()
+        ):
             del self._statuses[task_id]
             return None
         return status
@@ -46,7 +50,11 @@ class MemoryResultBackend(ResultBackend):
         self, *, state: TaskState | None = None, task: str | None = None, limit: int = 100
     ) -> list[TaskStatus]:
         live = [s for tid in list(self._statuses) if (s := self._live(tid)) is not None]
-        chosen = [s for s in live if (state is None or s.state == state) and (task is None or s.task == task)]
+        chosen = [
+            s
+            for s in live
+            if (state is None or s.state == state) and (task is None or s.task == task)
+        ]
         chosen.sort(key=lambda s: s.updated_at, reverse=True)
         return chosen[:limit]
 
@@ -60,7 +68,9 @@ class MemoryResultBackend(ResultBackend):
     async def wait_for_change(self, task_id: str, timeout: float) -> None:
         await self._notifiers[task_id].wait(self.clock, timeout)
 
-    async def init_group(self, group_id: str, size: int, *, meta: dict[str, object] | None = None) -> None:
+    async def init_group(
+        self, group_id: str, size: int, *, meta: dict[str, object] | None = None
+    ) -> None:
         self._groups[group_id] = GroupState(id=group_id, size=size, meta=dict(meta or {}))
 
     async def add_group_result(self, group_id: str, status: TaskStatus) -> GroupState | None:

@@ -29,7 +29,9 @@ class _Entry:
 
 @dataclass
 class _Queue:
-    ready: list[tuple[int, float, int, _Entry]] = field(default_factory=list)  # (-priority, due, seq)
+    ready: list[tuple[int, float, int, _Entry]] = field(
+        default_factory=list
+    )  # (-priority, due, seq)
     delayed: list[tuple[float, int, _Entry]] = field(default_factory=list)  # (due, seq)
     leased: dict[int, _Entry] = field(default_factory=dict)
     dead: list[DeadLetter] = field(default_factory=list)
@@ -135,7 +137,9 @@ class MemoryBroker(Broker):
     async def ack_many(self, deliveries: Sequence[Delivery]) -> int:
         return sum(1 for d in deliveries if self._take(d) is not None)
 
-    async def nack(self, delivery: Delivery, *, requeue: bool = True, delay: float | None = None) -> bool:
+    async def nack(
+        self, delivery: Delivery, *, requeue: bool = True, delay: float | None = None
+    ) -> bool:
         entry = self._take(delivery)
         if entry is None:
             return False
@@ -156,7 +160,12 @@ class MemoryBroker(Broker):
         return True
 
     async def dead_letter(
-        self, delivery: Delivery, reason: str, *, error: str | None = None, traceback: str | None = None
+        self,
+        delivery: Delivery,
+        reason: str,
+        *,
+        error: str | None = None,
+        traceback: str | None = None,
     ) -> bool:
         entry = self._take(delivery)
         if entry is None:
@@ -173,7 +182,9 @@ class MemoryBroker(Broker):
         )
         return True
 
-    async def list_dead_letters(self, queue: str, *, limit: int = 100, offset: int = 0) -> list[DeadLetter]:
+    async def list_dead_letters(
+        self, queue: str, *, limit: int = 100, offset: int = 0
+    ) -> list[DeadLetter]:
         dead = self._queues[queue].dead if queue in self._queues else []
         return dead[offset : offset + limit]
 

@@ -51,7 +51,9 @@ class MemoryRevokeStore(RevokeStore):
 
     def _live(self) -> list[RevokeEntry]:
         now = self.clock.now()
-        for tid in [t for t, e in self._entries.items() if e.expires_at is not None and e.expires_at <= now]:
+        for tid in [
+            t for t, e in self._entries.items() if e.expires_at is not None and e.expires_at <= now
+        ]:
             del self._entries[tid]
         return sorted(self._entries.values(), key=lambda e: e.revoked_at)
 

@@ -1,0 +1,3 @@
+from stem_cli import main
+
+main()

@@ -1,0 +1,8 @@
+"""The Stem worker."""
+
+from __future__ import annotations
+
+from ._job import Terminated
+from ._worker import Worker
+
+__all__ = ["Terminated", "Worker"]

@@ -1,0 +1,296 @@
+"""One delivery's way through a worker: checks, execution in its pool, settlement."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from .._codec import decode_envelope, encode_envelope
+from .._errors import DecodeError, SoftTimeLimitExceeded, TimeLimitExceeded
+from .._execute import execute
+from .._messages import Delivery, Envelope, Message, TaskError, TaskState
+from .._task import Task, TaskContext, _Runtime
+from ._interrupt import Interruptible, raise_in_thread
+from ._process import ChildLost
+
+if TYPE_CHECKING:
+    from ._worker import Worker
+
+__all__ = ["Job", "Terminated", "retry_message"]
+
+log = logging.getLogger("stem.worker")
+
+
+class Terminated(BaseException):
+    """Thrown into a handler stopped by a terminate revocation or a forced shutdown.
+
+    A BaseException, so a handler's ``except Exception`` does not swallow it.
+    """
+
+
+@dataclass(eq=False)
+class Job:
+    """A delivery in a worker, from reservation to settlement."""
+
+    worker: Worker
+    delivery: Delivery
+    lease: float
+    envelope: Envelope | None = None
+    running: bool = False
+    revoked: bool = False
+    started_at: float = 0.0
+    lease_expires_at: float = 0.0
+    interrupt: Callable[[BaseException], None] | None = None
+    child_pid: int | None = None
+    task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    # -- the pipeline ------------------------------------------------------------------
+
+    async def handle(self) -> None:
+        worker, app, delivery = self.worker, self.worker.app, self.delivery
+        try:
+            envelope = self.envelope = decode_envelope(delivery.message.body)
+        except DecodeError as exc:
+            await worker.dead_letter(
+                self, "malformed", TaskError(type="DecodeError", message=str(exc))
+            )
+            return
+        if delivery.deliveries > worker.max_deliveries:
+            error = TaskError(
+                type="PoisonMessage",
+                message=f"delivered {delivery.deliveries} times without finishing: the worker running "
+                "it crashed, was killed (out of memory?) or the task hit a hard time limit each time",
+            )
+            await worker.dead_letter(self, "poison", error)
+            return
+        await app.hooks.emit("on_consume", envelope=envelope, delivery=delivery)
+        if envelope.id in worker.revoked:
+            await worker.finish_revoked(self, "revoked before it started")
+            return
+        if envelope.expires is not None and app.clock.now() >= envelope.expires:
+            await worker.finish_revoked(self, "expired before it started")
+            return
+        task = app.tasks.get(envelope.task)
+        if task is None:
+            error = TaskError(
+                type="UnknownTaskError",
+                message=f"no task named {envelope.task!r} is registered with the worker's app; "
+                "import the module that defines it in the worker, then replay this dead letter",
+            )
+            await worker.dead_letter(self, "unknown-task", error)
+            return
+        if task.options_.visibility_timeout != self.lease:
+            self.lease = task.options_.visibility_timeout
+            await worker.renew(self)
+        if task.options_.rate_limit is not None and not envelope.meta.get("stem.rate_booked"):
+            delay = await worker.rate_limiter.reserve(task.name, task.options_.rate_limit)
+            if delay > worker.rate_limit_hold:
+                await worker.reschedule(self, envelope, delay, {"stem.rate_booked": True})
+                return
+            if delay > 0:
+                await app.clock.sleep(delay)
+        async with worker.run_slot():
+            await self._run(task, envelope)
+
+    async def _run(self, task: Task[Any, Any], envelope: Envelope) -> None:
+        worker, app = self.worker, self.worker.app
+        self.running = True
+        self.started_at = app.clock.monotonic()
+        if worker.track_started:
+            await app.store_status(envelope, TaskState.STARTED, worker=worker.id)
+        ctx = TaskContext(app, envelope, _JobRuntime(self))
+        await app.hooks.emit("before_execute", ctx=ctx)
+        try:
+            outcome = await execute(app, task, ctx, self._invoke)
+        except (Terminated, ChildLost) as exc:
+            if self.revoked:
+                await worker.finish_revoked(self, "terminated while running")
+            else:
+                # No result: give it back; the poison check counts such deliveries.
+                log.warning(
+                    "task %s[%s] ended without a result (%s); it will be redelivered",
+                    task.name,
+                    envelope.id,
+                    exc,
+                )
+                await worker.broker.nack(self.delivery, requeue=True)
+            return
+        if self.revoked:
+            await worker.finish_revoked(self, "terminated while running")
+            return
+        await app.hooks.emit("after_execute", ctx=ctx, outcome=outcome)
+        await worker.settle(self, task, envelope, outcome, ctx)
+
+    # -- pools -------------------------------------------------------------------------
+
+    async def _invoke(
+        self, task: Task[Any, Any], ctx: TaskContext, args: list[Any], kwargs: dict[str, Any]
+    ) -> Any:
+        pool = self.worker.pool_for(task)
+        soft, hard = task.options_.soft_time_limit, task.options_.time_limit
+        call_args = [ctx, *args] if task.takes_context else args
+        if pool == "async":
+            return await self._run_async(task.fn(*call_args, **kwargs), soft, hard)
+        if pool == "thread":
+            return await self._run_thread(task.fn, call_args, kwargs, soft, hard)
+        return await self._run_process(task, ctx, args, kwargs, soft, hard)
+
+    async def _run_async(self, coro: Any, soft: float | None, hard: float | None) -> Any:
+        driver: Interruptible[Any] = Interruptible(coro)
+        self.interrupt = driver.interrupt
+
+        async def drive() -> Any:
+            return await driver
+
+        handler = asyncio.ensure_future(drive())
+        timers = self._timers(
+            soft,
+            lambda: driver.interrupt(SoftTimeLimitExceeded(f"soft time limit of {soft:g}s passed")),
+        )
+        try:
+            return await self._within(handler, hard)
+        finally:
+            for timer in timers:
+                timer.cancel()
+            if not handler.done():
+                handler.cancel()
+
+    async def _run_thread(
+        self,
+        fn: Callable[..., Any],
+        args: list[Any],
+        kwargs: dict[str, Any],
+        soft: float | None,
+        hard: float | None,
+    ) -> Any:
+        ident: list[int] = []
+
+        def call() -> Any:
+            ident.append(threading.get_ident())
+            return fn(*args, **kwargs)
+
+        def interrupt(exc: BaseException) -> None:
+            if ident:
+                raise_in_thread(ident[0], type(exc))
+
+        self.interrupt = interrupt
+        future = asyncio.get_running_loop().run_in_executor(self.worker.threads, call)
+        timers = self._timers(soft, lambda: interrupt(SoftTimeLimitExceeded()))
+        try:
+            return await self._within(future, hard, on_timeout=lambda: interrupt(Terminated()))
+        finally:
+            for timer in timers:
+                timer.cancel()
+
+    async def _run_process(
+        self,
+        task: Task[Any, Any],
+        ctx: TaskContext,
+        args: list[Any],
+        kwargs: dict[str, Any],
+        soft: float | None,
+        hard: float | None,
+    ) -> Any:
+        envelope = ctx.envelope
+        job = {
+            "module": task.fn.__module__,
+            "qualname": task.fn.__qualname__,
+            "takes_context": task.takes_context,
+            "args": args,
+            "kwargs": kwargs,
+            "id": envelope.id,
+            "task": envelope.task,
+            "attempt": envelope.attempt,
+            "max_retries": envelope.max_retries,
+            "queue": envelope.queue,
+            "headers": envelope.headers,
+            "meta": envelope.meta,
+        }
+        pool = self.worker.processes
+
+        def on_child(pid: int) -> None:
+            self.child_pid = pid
+            self.interrupt = lambda exc: pool.kill_running(pid)
+
+        return await pool.run(
+            job,
+            soft_limit=soft,
+            hard_limit=hard,
+            sleep=self.worker.app.clock.sleep,
+            on_progress=ctx.progress,
+            on_child=on_child,
+        )
+
+    def _timers(self, soft: float | None, action: Callable[[], Any]) -> list[asyncio.Task[None]]:
+        if soft is None:
+            return []
+        clock = self.worker.app.clock
+
+        async def fire() -> None:
+            await clock.sleep(soft)
+            action()
+
+        return [asyncio.ensure_future(fire())]
+
+    async def _within(
+        self,
+        awaitable: asyncio.Future[Any],
+        hard: float | None,
+        on_timeout: Callable[[], Any] | None = None,
+    ) -> Any:
+        if hard is None:
+            return await awaitable
+        deadline = asyncio.ensure_future(self.worker.app.clock.sleep(hard))
+        try:
+            done, _ = await asyncio.wait({awaitable, deadline}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            deadline.cancel()
+        if awaitable in done:
+            return awaitable.result()
+        awaitable.cancel()
+        if on_timeout is not None:
+            on_timeout()
+        raise TimeLimitExceeded(f"hard time limit of {hard:g}s passed; the handler was stopped")
+
+
+class _JobRuntime(_Runtime):
+    def __init__(self, job: Job) -> None:
+        self.job = job
+        self.loop = asyncio.get_running_loop()
+
+    async def progress(self, fraction: float, data: Any) -> None:
+        job = self.job
+        assert job.envelope is not None
+        await job.worker.app.store_status(
+            job.envelope, TaskState.STARTED, worker=job.worker.id, progress=(fraction, data)
+        )
+
+    async def extend_lease(self, seconds: float | None) -> bool:
+        if seconds is not None:
+            self.job.lease = max(self.job.lease, seconds)
+        return await self.job.worker.renew(self.job)
+
+
+def retry_message(
+    envelope: Envelope, eta: float, wire_format: Any, meta: dict[str, Any] | None = None
+) -> Message:
+    """The message that carries the next attempt (or a rate-limited postponement)."""
+    changes: dict[str, Any] = {"eta": eta}
+    new_meta = {k: v for k, v in envelope.meta.items() if k != "stem.rate_booked"}
+    if meta:
+        new_meta.update(meta)
+    changes["meta"] = new_meta
+    updated = msgspec.structs.replace(envelope, **changes)
+    return Message(
+        id=updated.id,
+        queue=updated.queue,
+        body=encode_envelope(updated, wire_format),
+        priority=updated.priority,
+        eta=eta,
+    )

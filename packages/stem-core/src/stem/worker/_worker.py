@@ -1,0 +1,634 @@
+"""The worker: consumes deliveries, runs handlers in their pools, settles the outcomes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+from .._errors import ConfigurationError
+from .._execute import Outcome, OutcomeKind
+from .._messages import (
+    Delivery,
+    Envelope,
+    RevokeEntry,
+    TaskError,
+    TaskState,
+    TaskStatus,
+    WorkerHeartbeat,
+)
+from .._options import PoolKind
+from .._ratelimit import LocalRateLimiter
+from .._task import Task, TaskContext
+from ..contracts import RateLimiter
+from ._job import Job, Terminated, retry_message
+from ._process import ProcessPool
+
+if TYPE_CHECKING:
+    from .._app import Stem
+
+__all__ = ["Worker"]
+
+log = logging.getLogger("stem.worker")
+
+
+class Worker:
+    """Runs the tasks of an app from one or more queues.
+
+    Use it inside a program (``async with app.worker(...):``), run it until a signal
+    (``await worker.run()``), or start it as a process (``stem worker --app mod:app``).
+
+    Args:
+        app: the Stem app whose tasks this worker runs.
+        queues: queues to read, in order of preference (default: the app's default queue).
+        concurrency: how many handlers may run at once: a hard cap, whatever the broker
+            delivers. A ``(min, max)`` pair turns on autoscaling between the two.
+        pool: run every plain-function task in this pool (``"thread"`` or ``"process"``)
+            instead of its own choice.
+        prefetch: messages to hold beyond the free slots (default 0: a message is only
+            taken when a slot is free, so none waits behind a long task).
+        lease: the default lease (seconds) on a reserved message; a task's
+            ``visibility_timeout`` replaces it once the task is known.
+        grace_period: on shutdown, how long running handlers may take to finish.
+        max_deliveries: after this many deliveries without a result, a message is
+            dead-lettered as ``poison``.
+        heartbeat_interval: seconds between heartbeats to the result backend.
+        revoke_interval: seconds between reads of new revocations.
+        rate_limiter: shared limiter for rate-limited tasks (default: per process).
+        rate_limit_hold: a rate-limited task whose turn is at most this many seconds
+            away waits in its slot; a later turn re-publishes it with an eta.
+        track_started: store a ``started`` status when a handler begins.
+    """
+
+    def __init__(
+        self,
+        app: Stem,
+        *,
+        queues: Sequence[str] | None = None,
+        concurrency: int | tuple[int, int] = 10,
+        pool: PoolKind | None = None,
+        prefetch: int = 0,
+        lease: float = 60.0,
+        grace_period: float = 30.0,
+        max_deliveries: int = 5,
+        heartbeat_interval: float = 10.0,
+        revoke_interval: float = 2.0,
+        autoscale_interval: float = 1.0,
+        rate_limiter: RateLimiter | None = None,
+        rate_limit_hold: float = 1.0,
+        track_started: bool = True,
+        process_pool_size: int | None = None,
+        worker_id: str | None = None,
+    ) -> None:
+        if isinstance(concurrency, tuple):
+            low, high = concurrency
+        else:
+            low = high = concurrency
+        if not (isinstance(low, int) and isinstance(high, int) and 1 <= low <= high):
+            raise ConfigurationError(
+                f"concurrency must be a whole number >= 1 or a (min, max) pair, not {concurrency!r}"
+            )
+        if pool not in (None, "async", "thread", "process"):
+            raise ConfigurationError(f"pool must be 'async', 'thread' or 'process', not {pool!r}")
+        if prefetch < 0 or max_deliveries < 1 or lease <= 0 or grace_period < 0:
+            raise ConfigurationError(
+                "prefetch >= 0, max_deliveries >= 1, lease > 0 and grace_period >= 0 are needed"
+            )
+        self.app = app
+        self.broker = app.broker
+        self.queues = list(queues or [app.default_queue])
+        self.min_concurrency, self.max_concurrency = low, high
+        self.concurrency = low if low != high else high
+        self.pool = pool
+        self.prefetch = prefetch
+        self.lease = lease
+        self.grace_period = grace_period
+        self.max_deliveries = max_deliveries
+        self.heartbeat_interval = heartbeat_interval
+        self.revoke_interval = revoke_interval
+        self.autoscale_interval = autoscale_interval
+        self.rate_limiter = rate_limiter or LocalRateLimiter(clock=app.clock)
+        self.rate_limit_hold = rate_limit_hold
+        self.track_started = track_started
+        self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.threads = ThreadPoolExecutor(max_workers=high, thread_name_prefix="stem-task")
+        self.processes = ProcessPool(process_pool_size or min(high, os.cpu_count() or 1))
+        self.revoked: dict[str, RevokeEntry] = {}
+        self.jobs: set[Job] = set()
+        self.counters = {
+            "processed": 0,
+            "succeeded": 0,
+            "failed": 0,
+            "retried": 0,
+            "dead": 0,
+            "revoked": 0,
+        }
+        self.started_at = 0.0
+        self.last_consumed_at: float | None = None
+        self._running = 0
+        self._slots = asyncio.Condition()
+        self._room = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._stopped = asyncio.Event()
+        self._loops: list[asyncio.Task[None]] = []
+        self._settling: list[
+            tuple[tuple[TaskStatus, float | None] | None, Delivery, asyncio.Future[None]]
+        ] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._revoked_since: float | None = None
+        self._signals = 0
+        self._started = False
+        self._force = asyncio.Event()
+        self._shutdown: asyncio.Task[None] | None = None
+        self._signal_stop: asyncio.Task[None] | None = None
+        self._resized: asyncio.Task[None] | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start consuming; returns at once (the loops run in the background)."""
+        if self._started:
+            return
+        self._started = True
+        self.started_at = self.app.clock.now()
+        await self._sync_revocations()
+        await self.app.hooks.emit("on_worker_start", worker=self)
+        self._loops = [
+            asyncio.ensure_future(self._guard(self._consume(), "consumer")),
+            asyncio.ensure_future(self._guard(self._renew_leases(), "lease renewal")),
+            asyncio.ensure_future(self._guard(self._heartbeats(), "heartbeat")),
+            asyncio.ensure_future(self._guard(self._revocations(), "revocation")),
+        ]
+        if self.min_concurrency != self.max_concurrency:
+            self._loops.append(asyncio.ensure_future(self._guard(self._autoscale(), "autoscaler")))
+        log.info(
+            "worker %s consuming %s with concurrency %s",
+            self.id,
+            ",".join(self.queues),
+            self._concurrency_text(),
+        )
+
+    async def stop(self, grace_period: float | None = None) -> None:
+        """Stop gracefully: consume no more, give back what has not started, let running
+        handlers finish within the grace period, then stop them and give them back too.
+
+        Called again while stopping with ``grace_period=0``, it cuts the grace period short.
+        """
+        if not self._started:
+            return
+        if grace_period == 0:
+            self._force.set()
+        if self._shutdown is None:
+            self._shutdown = asyncio.ensure_future(
+                self._stop(self.grace_period if grace_period is None else grace_period)
+            )
+        await asyncio.shield(self._shutdown)
+
+    async def _stop(self, grace: float) -> None:
+        self._stopping.set()
+        self._room.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._loops[0]  # the consumer sees _stopping and gives back a batch it just read
+        for job in list(self.jobs):
+            if not job.running and job.task is not None:
+                job.task.cancel()  # not started yet: back to the queue at once
+        running = {j.task for j in self.jobs if j.task is not None}
+        if running and grace > 0 and not self._force.is_set():
+            await _first(asyncio.wait(running), self.app.clock.sleep(grace), self._force.wait())
+        leftovers = [j for j in self.jobs if j.task is not None and not j.task.done()]
+        for job in leftovers:
+            log.warning("stopping %s before it finished; it goes back to the queue", _describe(job))
+            if job.interrupt is not None:
+                job.interrupt(Terminated())
+            assert job.task is not None
+            job.task.cancel()
+        if leftovers:
+            await asyncio.wait([j.task for j in leftovers if j.task is not None])
+        if self._flusher is not None:
+            await asyncio.shield(self._flusher)
+        for loop in self._loops[1:]:
+            loop.cancel()
+        await asyncio.gather(*self._loops[1:], return_exceptions=True)
+        await self._beat(final=True)
+        await self.app.hooks.emit("on_worker_stop", worker=self)
+        self.threads.shutdown(wait=False, cancel_futures=True)
+        self.processes.close()
+        self._stopped.set()
+        log.info("worker %s stopped (%s)", self.id, ", ".join(f"{k} {v}" for k, v in self.counters.items()))
+
+    async def run(self) -> None:
+        """Start and run until SIGTERM or SIGINT; a second signal stops at once."""
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self._on_signal, signum)
+        try:
+            await self.start()
+            await self._stopped.wait()
+        finally:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(signum)
+
+    def _on_signal(self, signum: int) -> None:
+        self._signals += 1
+        name = signal.Signals(signum).name
+        if self._signals == 1:
+            log.info(
+                "%s: finishing running tasks (up to %ss); send it again to stop at once",
+                name,
+                self.grace_period,
+            )
+            asyncio.ensure_future(self.stop())
+        else:
+            log.warning("%s again: stopping at once, giving running tasks back", name)
+            asyncio.ensure_future(self.stop(grace_period=0))
+
+    async def __aenter__(self) -> Worker:
+        await self.start()
+        return self
+
+    async def __aexit__(self, exc_type: object, *rest: object) -> None:
+        # If the body failed, do not wait out the grace period: running tasks go back
+        # to the queue (never lost) and the error surfaces at once.
+        await self.stop(grace_period=0 if exc_type is not None else None)
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+    # -- health and stats --------------------------------------------------------------------
+
+    @property
+    def inflight(self) -> int:
+        return len(self.jobs)
+
+    def heartbeat(self) -> WorkerHeartbeat:
+        return WorkerHeartbeat(
+            worker_id=self.id,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            queues=self.queues,
+            concurrency=self.concurrency,
+            inflight=len(self.jobs),
+            processed=self.counters["processed"],
+            succeeded=self.counters["succeeded"],
+            failed=self.counters["failed"],
+            retried=self.counters["retried"],
+            started_at=self.started_at,
+            sent_at=self.app.clock.now(),
+            last_consumed_at=self.last_consumed_at,
+            meta={"pool": self.pool or "per-task", "stopping": self._stopping.is_set()},
+        )
+
+    def healthy(self, *, max_silence: float | None = None) -> bool:
+        """True if the consumer read from the broker recently (not merely that the process lives)."""
+        if self.last_consumed_at is None or self._stopped.is_set():
+            return False
+        limit = max_silence if max_silence is not None else max(5.0, 3 * self.broker.poll_interval)
+        return self.app.clock.now() - self.last_consumed_at <= limit
+
+    def _concurrency_text(self) -> str:
+        if self.min_concurrency == self.max_concurrency:
+            return str(self.concurrency)
+        return f"{self.concurrency} (autoscaling {self.min_concurrency}-{self.max_concurrency})"
+
+    # -- consuming -------------------------------------------------------------------------
+
+    async def _consume(self) -> None:
+        backoff = 0.1
+        while not self._stopping.is_set():
+            free = self.concurrency + self.prefetch - len(self.jobs)
+            if free <= 0:
+                self._room.clear()
+                await self._room.wait()
+                continue
+            try:
+                batch = await self.broker.reserve(self.queues, free, self.lease)
+            except Exception:
+                log.exception("reading from the broker failed; retrying in %.1fs", backoff)
+                await _first(self.app.clock.sleep(backoff), self._stopping.wait())
+                backoff = min(backoff * 2, 5.0)
+                continue
+            backoff = 0.1
+            self.last_consumed_at = self.app.clock.now()
+            if self._stopping.is_set():
+                for delivery in batch:
+                    await self.broker.nack(delivery, requeue=True)
+                break
+            if not batch:
+                timeout = self.broker.poll_interval
+                due = await self.broker.next_due(self.queues)
+                if due is not None:
+                    timeout = max(0.0, min(timeout, due - self.app.clock.now()))
+                await _first(self.broker.wait_for_messages(self.queues, timeout), self._stopping.wait())
+                continue
+            for delivery in batch:
+                job = Job(self, delivery, self.lease, lease_expires_at=delivery.lease_expires_at)
+                self.jobs.add(job)
+                job.task = asyncio.ensure_future(self._run_job(job))
+
+
+    async def _run_job(self, job: Job) -> None:
+        try:
+            await job.handle()
+        except asyncio.CancelledError:
+            # Shutdown took the job back: it goes back to the queue at once, never lost.
+            await asyncio.shield(self.broker.nack(job.delivery, requeue=True))
+        except Exception:
+            log.exception("unexpected error while handling a message; it will be redelivered")
+            with contextlib.suppress(Exception):
+                await self.broker.nack(job.delivery, requeue=True)
+        finally:
+            self.jobs.discard(job)
+            self._room.set()
+
+    @contextlib.asynccontextmanager
+    async def run_slot(self) -> AsyncIterator[None]:
+        """Hold one of ``concurrency`` running slots (the hard cap on running handlers)."""
+        async with self._slots:
+            await self._slots.wait_for(lambda: self._running < self.concurrency)
+            self._running += 1
+        try:
+            yield
+        finally:
+            async with self._slots:
+                self._running -= 1
+                self._slots.notify()
+
+    def pool_for(self, task: Task[Any, Any]) -> PoolKind:
+        if task.is_async:
+            return "async"
+        if self.pool in ("thread", "process"):
+            return self.pool
+        return "process" if task.options_.pool == "process" else "thread"
+
+    # -- settling --------------------------------------------------------------------------
+
+    async def settle(
+        self, job: Job, task: Task[Any, Any], envelope: Envelope, outcome: Outcome, ctx: TaskContext
+    ) -> None:
+        app = self.app
+        self.counters["processed"] += 1
+        elapsed = app.clock.monotonic() - job.started_at
+        if outcome.kind is OutcomeKind.SUCCEEDED:
+            self.counters["succeeded"] += 1
+            await self._settle(
+                app.make_status(envelope, TaskState.SUCCEEDED, outcome=outcome, worker=self.id),
+                job.delivery,
+            )
+            await app.unique.release(envelope)
+            log.info(
+                "%s[%s] succeeded in %.3fs (attempt %d)",
+                envelope.task,
+                envelope.id,
+                elapsed,
+                envelope.attempt + 1,
+            )
+            await app.hooks.emit("on_success", ctx=ctx, value=outcome.value)
+        elif outcome.kind is OutcomeKind.RETRY:
+            self.counters["retried"] += 1
+            countdown = max(0.0, outcome.countdown or 0.0)
+            following = envelope.__class__(**{**_fields(envelope), "attempt": envelope.attempt + 1})
+            await self.broker.publish(
+                retry_message(following, app.clock.now() + countdown, app.wire_format)
+            )
+            await self._settle(
+                app.make_status(envelope, TaskState.RETRIED, outcome=outcome, worker=self.id),
+                job.delivery,
+            )
+            log.info(
+                "%s[%s] failed (%s), retry %d/%d in %.1fs",
+                envelope.task,
+                envelope.id,
+                outcome.error.type if outcome.error else "?",
+                envelope.attempt + 1,
+                envelope.max_retries,
+                countdown,
+            )
+            await app.hooks.emit("on_retry", ctx=ctx, error=outcome.error, countdown=countdown)
+        else:
+            self.counters["failed" if outcome.kind is OutcomeKind.FAILED else "dead"] += 1
+            await self.dead_letter(job, outcome.reason or "failed", outcome.error, outcome=outcome)
+            log.warning(
+                "%s[%s] %s after %d attempt(s): %s",
+                envelope.task,
+                envelope.id,
+                outcome.reason,
+                envelope.attempt + 1,
+                outcome.error.message if outcome.error else "",
+            )
+            await app.hooks.emit("on_failure", ctx=ctx, error=outcome.error)
+
+    async def dead_letter(
+        self, job: Job, reason: str, error: TaskError | None, *, outcome: Outcome | None = None
+    ) -> None:
+        """Store a failed status (if the message decoded) and move the message to the dead letters."""
+        envelope = job.envelope
+        if envelope is not None:
+            failed = outcome or Outcome(OutcomeKind.DEAD, error=error, reason=reason)
+            await self.app.store_status(envelope, TaskState.FAILED, outcome=failed, worker=self.id)
+            await self.app.unique.release(envelope)
+        await self.broker.dead_letter(
+            job.delivery,
+            reason,
+            error=f"{error.type}: {error.message}" if error else None,
+            traceback=error.traceback if error else None,
+        )
+        if outcome is None:
+            self.counters["dead"] += 1
+            log.warning("message %s dead-lettered: %s", job.delivery.message.id, reason)
+        await self.app.hooks.emit(
+            "on_dead_letter", envelope=envelope, delivery=job.delivery, reason=reason, error=error
+        )
+
+    async def finish_revoked(self, job: Job, why: str) -> None:
+        assert job.envelope is not None
+        self.counters["revoked"] += 1
+        outcome = Outcome(
+            OutcomeKind.DEAD, error=TaskError(type="Revoked", message=why), reason="revoked"
+        )
+        await self._settle(
+            self.app.make_status(job.envelope, TaskState.REVOKED, outcome=outcome, worker=self.id),
+            job.delivery,
+        )
+        await self.app.unique.release(job.envelope)
+        log.info("%s[%s] revoked: %s", job.envelope.task, job.envelope.id, why)
+
+    async def reschedule(
+        self, job: Job, envelope: Envelope, delay: float, meta: dict[str, Any]
+    ) -> None:
+        """Put a message back with an eta (rate limits), as a new message so it is not counted as a failed delivery."""
+        await self.broker.publish(
+            retry_message(envelope, self.app.clock.now() + delay, self.app.wire_format, meta)
+        )
+        await self._settle(None, job.delivery)
+
+    async def _settle(
+        self, status: tuple[TaskStatus, float | None] | None, delivery: Delivery
+    ) -> None:
+        """Store the status, then ack; batched with whatever else finished in the same moment."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._settling.append((status, delivery, done))
+        if self._flusher is None:
+            self._flusher = asyncio.ensure_future(self._flush())
+        await done
+
+    async def _flush(self) -> None:
+        try:
+            await asyncio.sleep(0)  # let the handlers finishing in this loop turn join the batch
+            while self._settling:
+                batch, self._settling = self._settling, []
+                try:
+                    statuses = [s for s, _, _ in batch if s is not None]
+                    if statuses:
+                        await self.app.backend.set_statuses(statuses)
+                    await self.broker.ack_many([d for _, d, _ in batch])
+                except Exception as exc:
+                    log.exception("storing results failed; the messages will be redelivered")
+                    for _, _, fut in batch:
+                        if not fut.done():
+                            fut.set_exception(exc)
+                else:
+                    for _, _, fut in batch:
+                        if not fut.done():
+                            fut.set_result(None)
+        finally:
+            self._flusher = None
+
+    # -- background loops ------------------------------------------------------------------
+
+    async def _guard(self, coro: Any, name: str) -> None:
+        try:
+            await coro
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("the worker's %s loop failed", name)
+
+    async def renew(self, job: Job) -> bool:
+        ok = await self.broker.extend_lease(job.delivery, job.lease)
+        if ok:
+            job.lease_expires_at = self.app.clock.now() + job.lease
+        else:
+            log.warning("lost the lease on message %s; it may run twice", job.delivery.message.id)
+        return ok
+
+    async def _renew_leases(self) -> None:
+        while True:
+            await self.app.clock.sleep(
+                max(0.05, min([self.lease, *(j.lease for j in self.jobs)]) / 3)
+            )
+            now = self.app.clock.now()
+            for job in list(self.jobs):
+                if job.lease_expires_at - now < job.lease * 2 / 3:
+                    try:
+                        await self.renew(job)
+                    except Exception:
+                        log.exception("renewing a lease failed")
+
+    async def _beat(self, *, final: bool = False) -> None:
+        try:
+            ttl = self.heartbeat_interval if final else self.heartbeat_interval * 3
+            await self.app.backend.set_heartbeat(self.heartbeat(), ttl=ttl)
+        except Exception:
+            log.exception("sending the heartbeat failed")
+
+    async def _heartbeats(self) -> None:
+        while True:
+            await self._beat()
+            await self.app.clock.sleep(self.heartbeat_interval)
+
+    async def _sync_revocations(self) -> None:
+        entries = await self.app.revoke_store.list(since=self._revoked_since)
+        for entry in entries:
+            self.revoked[entry.task_id] = entry
+            self._revoked_since = max(self._revoked_since or 0.0, entry.revoked_at)
+            if entry.terminate:
+                for job in list(self.jobs):
+                    if (
+                        job.envelope is not None
+                        and job.envelope.id == entry.task_id
+                        and job.running
+                    ):
+                        job.revoked = True
+                        log.info("terminating %s[%s] (revoked)", job.envelope.task, job.envelope.id)
+                        if job.interrupt is not None:
+                            job.interrupt(Terminated())
+
+    async def _revocations(self) -> None:
+        while True:
+            await self.app.clock.sleep(self.revoke_interval)
+            try:
+                await self._sync_revocations()
+            except Exception:
+                log.exception("reading revocations failed")
+
+    async def _autoscale(self) -> None:
+        idle_ticks = 0
+        while True:
+            await self.app.clock.sleep(self.autoscale_interval)
+            backlog = 0
+            for queue in self.queues:
+                backlog += await self.broker.pending_count(queue)
+            busy = len(self.jobs)
+            if backlog > 0 and busy >= self.concurrency and self.concurrency < self.max_concurrency:
+                idle_ticks = 0
+                self.set_concurrency(
+                    min(
+                        self.max_concurrency,
+                        self.concurrency + max(1, min(backlog, self.concurrency)),
+                    )
+                )
+            elif (
+                backlog == 0 and busy < self.concurrency and self.concurrency > self.min_concurrency
+            ):
+                idle_ticks += 1
+                if idle_ticks >= 3:
+                    idle_ticks = 0
+                    self.set_concurrency(
+                        max(
+                            self.min_concurrency,
+                            busy,
+                            self.concurrency - max(1, (self.concurrency - busy) // 2),
+                        )
+                    )
+            else:
+                idle_ticks = 0
+
+    def set_concurrency(self, value: int) -> None:
+        """Change how many handlers may run at once (within min and max)."""
+        value = max(self.min_concurrency, min(self.max_concurrency, value))
+        if value != self.concurrency:
+            log.info("worker %s concurrency %d -> %d", self.id, self.concurrency, value)
+            self.concurrency = value
+            self._room.set()
+            self._resized = asyncio.ensure_future(self._notify_slots())
+
+    async def _notify_slots(self) -> None:
+        async with self._slots:
+            self._slots.notify_all()
+
+
+async def _first(*awaitables: Any) -> None:
+    """Wait until the first of several awaitables is done; cancel the rest."""
+    pending = [asyncio.ensure_future(a) for a in awaitables]
+    try:
+        await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for fut in pending:
+            fut.cancel()
+
+
+def _describe(job: Job) -> str:
+    if job.envelope is None:
+        return f"message {job.delivery.message.id}"
+    return f"{job.envelope.task}[{job.envelope.id}]"
+
+
+def _fields(envelope: Envelope) -> dict[str, Any]:
+    return {f: getattr(envelope, f) for f in envelope.__struct_fields__}
