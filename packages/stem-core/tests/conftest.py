@@ -43,7 +43,7 @@ def until() -> Until:
 
     async def wait(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
         async with asyncio.timeout(timeout):
-            while not predicate():
+            while not predicate():  # noqa: ASYNC110 - see the docstring
                 await asyncio.sleep(0.001)
 
     return wait
@@ -56,7 +56,9 @@ Drive = Callable[..., Awaitable[None]]
 def drive(clock: FakeClock) -> Drive:
     """Advance the FakeClock in steps, letting the loop run between them, until a predicate holds."""
 
-    async def run(predicate: Callable[[], bool], *, step: float = 0.25, max_seconds: float = 600.0) -> None:
+    async def run(
+        predicate: Callable[[], bool], *, step: float = 0.25, max_seconds: float = 600.0
+    ) -> None:
         moved = 0.0
         for _ in range(20):  # first let whatever needs no time happen
             if predicate():

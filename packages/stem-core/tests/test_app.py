@@ -68,7 +68,9 @@ def test_context_parameter_is_detected(app: Stem) -> None:
         ({"result_encoder": "nope"}, "payload encoder"),
     ],
 )
-def test_invalid_options_fail_at_definition(app: Stem, options: dict[str, Any], message: str) -> None:
+def test_invalid_options_fail_at_definition(
+    app: Stem, options: dict[str, Any], message: str
+) -> None:
     with pytest.raises(ConfigurationError, match=message):
         app.task(name="t", **options)(lambda: None)
 
@@ -102,7 +104,9 @@ def test_unknown_scheme_lists_known_and_suggests() -> None:
 def test_missing_adapter_names_the_package(monkeypatch: pytest.MonkeyPatch) -> None:
     from stem import _registry
 
-    monkeypatch.setattr(_registry, "_entry_point_schemes", lambda: {"memory": "stem.memory:adapter"})
+    monkeypatch.setattr(
+        _registry, "_entry_point_schemes", lambda: {"memory": "stem.memory:adapter"}
+    )
     with pytest.raises(UnknownSchemeError, match="pip install stem-redis"):
         Stem.from_url("redis://localhost:6379/0")
 
@@ -136,7 +140,11 @@ async def test_enqueue_publishes_an_envelope(app: Stem) -> None:
     ref = await charge.enqueue("42", amount=7)
     envelope = await reserve_one(app)
     assert envelope.id == ref
-    assert (envelope.task, envelope.args, envelope.kwargs) == ("orders.charge", ["42"], {"amount": 7})
+    assert (envelope.task, envelope.args, envelope.kwargs) == (
+        "orders.charge",
+        ["42"],
+        {"amount": 7},
+    )
     assert (envelope.max_retries, envelope.priority, envelope.attempt) == (4, 3, 0)
 
 
@@ -162,7 +170,9 @@ async def test_options_override_per_enqueue(app: Stem, clock: FakeClock) -> None
     @app.task(name="t")
     async def t(x: int) -> None: ...
 
-    await t.options(queue="other", priority=9, delay=timedelta(seconds=30), headers={"x-tenant": "a"}).enqueue(1)
+    await t.options(
+        queue="other", priority=9, delay=timedelta(seconds=30), headers={"x-tenant": "a"}
+    ).enqueue(1)
     assert await app.broker.reserve(["other"], 1, 10) == []
     clock.advance(30)
     (delivery,) = await app.broker.reserve(["other"], 1, 10)
@@ -298,7 +308,9 @@ async def test_wait_for_task_decodes_to_the_return_annotation() -> None:
     assert untyped.value == {"order": "42", "total": 12}
 
 
-async def test_wait_for_task_times_out_without_raising(app: Stem, clock: FakeClock, until: Any) -> None:
+async def test_wait_for_task_times_out_without_raising(
+    app: Stem, clock: FakeClock, until: Any
+) -> None:
     waiting = asyncio.ensure_future(app.wait_for_task("missing", timeout=5))
     await until(lambda: clock.sleepers > 0)
     clock.advance(5)
@@ -393,7 +405,11 @@ def test_public_api_is_pinned() -> None:
     assert {"Stem", "TaskContext", "FakeClock", "StemError", "TaskResult", "TaskRef"} <= names
     assert all(not n.startswith("_") or n == "__version__" for n in names)
     assert all(hasattr(stem, n) for n in names)
-    assert all(issubclass(getattr(stem, n), stem.StemError) for n in names if n.endswith("Error") and n != "TaskError")
+    assert all(
+        issubclass(getattr(stem, n), stem.StemError)
+        for n in names
+        if n.endswith("Error") and n != "TaskError"
+    )
 
 
 def test_envelope_round_trips() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
 import time
 from datetime import datetime
@@ -30,7 +31,9 @@ async def state_of(app: Stem, task_id: str) -> TaskState | None:
 # -- retries and dead letters ----------------------------------------------------------------
 
 
-async def test_retry_with_backoff_then_dead_letter_with_traceback(app: Stem, clock: FakeClock, drive: Drive) -> None:
+async def test_retry_with_backoff_then_dead_letter_with_traceback(
+    app: Stem, clock: FakeClock, drive: Drive
+) -> None:
     attempts: list[tuple[int, float]] = []
 
     @app.task(name="flaky", max_retries=2, retry_backoff=10)
@@ -122,7 +125,9 @@ async def test_arguments_are_converted_to_annotations(app: Stem) -> None:
         seen.append((type(when), type(who)))
 
     async with app.worker():
-        await app.wait_for_task(await typed.enqueue(datetime.now().astimezone(), uuid4()), timeout=10)
+        await app.wait_for_task(
+            await typed.enqueue(datetime.now().astimezone(), uuid4()), timeout=10
+        )
     assert seen == [(datetime, UUID)]
 
 
@@ -140,7 +145,12 @@ async def test_soft_limit_is_caught_by_an_async_handler(app: Stem, drive: Drive)
 
     async with app.worker():
         ref = await slow.enqueue()
-        await drive(lambda: app.backend._statuses.get(ref) is not None and app.backend._statuses[ref].state.is_final)  # type: ignore[attr-defined]
+        await drive(
+            lambda: (
+                app.backend._statuses.get(ref) is not None
+                and app.backend._statuses[ref].state.is_final
+            )
+        )  # type: ignore[attr-defined]
         assert (await app.wait_for_task(ref, timeout=1)).value == "cleaned up"
 
 
@@ -174,7 +184,9 @@ async def test_soft_limit_interrupts_a_thread_handler(real_app: Stem) -> None:
         return "ran to the end"
 
     async with real_app.worker():
-        assert (await real_app.wait_for_task(await busy.enqueue(), timeout=10)).value == "stopped early"
+        assert (
+            await real_app.wait_for_task(await busy.enqueue(), timeout=10)
+        ).value == "stopped early"
 
 
 # -- the process pool ----------------------------------------------------------------------------
@@ -217,7 +229,9 @@ async def test_hard_limit_kills_only_that_child_and_the_pool_goes_on(pool_app: A
         politely = await app.wait_for_task(polite, timeout=30)
         replaced = worker.processes.replaced
     assert warm.succeeded and after.value["value"] == 9
-    assert spun.failed and spun.error is not None and "child process was killed" in spun.error.message
+    assert (
+        spun.failed and spun.error is not None and "child process was killed" in spun.error.message
+    )
     assert politely.value == "cleaned up proc.polite"
     assert replaced == 1
 
@@ -344,7 +358,9 @@ async def test_expired_task_is_not_run(app: Stem, clock: FakeClock) -> None:
 # -- concurrency, prefetch, shutdown -----------------------------------------------------------------
 
 
-async def test_concurrency_is_a_hard_cap_and_short_tasks_pass_a_long_one(app: Stem, until: Any) -> None:
+async def test_concurrency_is_a_hard_cap_and_short_tasks_pass_a_long_one(
+    app: Stem, until: Any
+) -> None:
     release = asyncio.Event()
     running = peak = 0
     short_done = 0
@@ -383,7 +399,9 @@ def stats_done(app: Stem) -> bool:
     return not q.ready and not q.leased
 
 
-async def test_graceful_shutdown_finishes_running_and_returns_prefetched(app: Stem, until: Any) -> None:
+async def test_graceful_shutdown_finishes_running_and_returns_prefetched(
+    app: Stem, until: Any
+) -> None:
     release = asyncio.Event()
     started = 0
 
@@ -451,7 +469,9 @@ async def test_second_stop_cuts_the_grace_period(app: Stem, until: Any) -> None:
 # -- rate limits, autoscaling, routing, progress, hooks -------------------------------------------------
 
 
-async def test_rate_limit_holds_the_rate_without_dropping(app: Stem, clock: FakeClock, drive: Drive) -> None:
+async def test_rate_limit_holds_the_rate_without_dropping(
+    app: Stem, clock: FakeClock, drive: Drive
+) -> None:
     starts: list[float] = []
 
     @app.task(name="limited", rate_limit="2/s")
@@ -461,7 +481,7 @@ async def test_rate_limit_holds_the_rate_without_dropping(app: Stem, clock: Fake
     async with app.worker(concurrency=10):
         await app.enqueue_many(limited.call(i) for i in range(12))
         await drive(lambda: len(starts) == 12, step=0.05)
-    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
     assert min(gaps) >= 0.5 - 1e-6  # never more than 2 starts in any second
     assert starts[-1] - starts[0] < 12 * 0.5 + 1  # and not much slower than the limit
 
@@ -488,14 +508,15 @@ async def test_worker_reads_several_queues_in_order(app: Stem) -> None:
     async def t(tag: str) -> None:
         order.append(tag)
 
-    await t.enqueue("low-1")
-    await t.options(queue="high").enqueue("high-1")
-    await t.enqueue("low-2")
-    last = await t.options(queue="high").enqueue("high-2")
+    refs = [
+        await t.enqueue("low-1"),
+        await t.options(queue="high").enqueue("high-1"),
+        await t.enqueue("low-2"),
+        await t.options(queue="high").enqueue("high-2"),
+    ]
     async with app.worker(queues=["high", "low"], concurrency=1):
-        await app.wait_for_task(last, timeout=10)
-        while len(order) < 4:
-            await asyncio.sleep(0)
+        for ref in refs:
+            await app.wait_for_task(ref, timeout=10)
     assert order == ["high-1", "high-2", "low-1", "low-2"]
 
 
@@ -512,15 +533,26 @@ async def test_progress_is_stored_with_the_status(app: Stem) -> None:
         ref = await t.enqueue()
         await reported.wait()
         status = await app.get_status(ref)
-        assert status is not None and (status.progress, status.progress_data) == (0.4, {"rows": 400})
+        assert status is not None and (status.progress, status.progress_data) == (
+            0.4,
+            {"rows": 400},
+        )
         release.set()
         await app.wait_for_task(ref, timeout=10)
 
 
 async def test_hooks_run_in_order_and_a_failing_hook_is_harmless(app: Stem) -> None:
     events: list[str] = []
-    for name in ("before_enqueue", "after_enqueue", "on_consume", "before_execute", "after_execute",
-                 "on_success", "on_worker_start", "on_worker_stop"):
+    for name in (
+        "before_enqueue",
+        "after_enqueue",
+        "on_consume",
+        "before_execute",
+        "after_execute",
+        "on_success",
+        "on_worker_start",
+        "on_worker_stop",
+    ):
         app.hooks.on(name)(lambda name=name, **kw: events.append(name))
 
     @app.hooks.on("on_success")
@@ -543,8 +575,17 @@ async def test_hooks_run_in_order_and_a_failing_hook_is_harmless(app: Stem) -> N
         ref = await t.enqueue()
         assert (await app.wait_for_task(ref, timeout=10)).value == 42
     assert events == [
-        "on_worker_start", "before_enqueue", "after_enqueue", "on_consume", "before_execute",
-        "middleware:before", "handler", "middleware:after", "after_execute", "on_success", "on_worker_stop",
+        "on_worker_start",
+        "before_enqueue",
+        "after_enqueue",
+        "on_consume",
+        "before_execute",
+        "middleware:before",
+        "handler",
+        "middleware:after",
+        "after_execute",
+        "on_success",
+        "on_worker_stop",
     ]
 
 

@@ -35,14 +35,51 @@ def _concurrency(value: str) -> int | tuple[int, int]:
 
 @cli.command()
 @click.option("--app", "app_spec", required=True, envvar="STEM_APP", help=_APP_HELP)
-@click.option("-Q", "--queue", "queues", multiple=True, help="Queue to consume (repeat for several, in order).")
-@click.option("-c", "--concurrency", default="10", show_default=True, help="Handlers at once, or MIN-MAX to autoscale.")
-@click.option("--pool", type=click.Choice(["async", "thread", "process"]), default=None, help="Pool for plain-function tasks.")
-@click.option("--prefetch", default=0, show_default=True, help="Messages to hold beyond free slots.")
-@click.option("--grace-period", default=30.0, show_default=True, help="Seconds running tasks get to finish on shutdown.")
-@click.option("--max-deliveries", default=5, show_default=True, help="Deliveries without a result before a message is poison.")
-@click.option("--heartbeat-interval", default=10.0, show_default=True, help="Seconds between heartbeats.")
-@click.option("-l", "--loglevel", default="info", show_default=True, type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option(
+    "-Q",
+    "--queue",
+    "queues",
+    multiple=True,
+    help="Queue to consume (repeat for several, in order).",
+)
+@click.option(
+    "-c",
+    "--concurrency",
+    default="10",
+    show_default=True,
+    help="Handlers at once, or MIN-MAX to autoscale.",
+)
+@click.option(
+    "--pool",
+    type=click.Choice(["async", "thread", "process"]),
+    default=None,
+    help="Pool for plain-function tasks.",
+)
+@click.option(
+    "--prefetch", default=0, show_default=True, help="Messages to hold beyond free slots."
+)
+@click.option(
+    "--grace-period",
+    default=30.0,
+    show_default=True,
+    help="Seconds running tasks get to finish on shutdown.",
+)
+@click.option(
+    "--max-deliveries",
+    default=5,
+    show_default=True,
+    help="Deliveries without a result before a message is poison.",
+)
+@click.option(
+    "--heartbeat-interval", default=10.0, show_default=True, help="Seconds between heartbeats."
+)
+@click.option(
+    "-l",
+    "--loglevel",
+    default="info",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"]),
+)
 def worker(
     app_spec: str,
     queues: tuple[str, ...],
@@ -56,13 +93,15 @@ def worker(
 ) -> None:
     """Run a worker until SIGTERM/SIGINT (twice to stop at once)."""
     logging.basicConfig(
-        level=loglevel.upper(), format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", stream=sys.stderr
+        level=loglevel.upper(),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
     )
     app = load_app(app_spec)
     the_worker = app.worker(
         queues=list(queues) or None,
         concurrency=_concurrency(concurrency),
-        pool=pool,  # type: ignore[arg-type]
+        pool=pool,
         prefetch=prefetch,
         grace_period=grace_period,
         max_deliveries=max_deliveries,

@@ -174,12 +174,13 @@ class Stem:
 
     async def aclose(self) -> None:
         """Close the broker and stores."""
-        closers = [self.broker, self.backend, self.lock_store, self.revoke_store]
-        closers += [
-            s
-            for s in (self._workflow_store, self._schedule_store)
-            if isinstance(s, WorkflowStore | ScheduleStore)
+        closers: list[
+            Broker | ResultBackend | LockStore | RevokeStore | WorkflowStore | ScheduleStore
         ]
+        closers = [self.broker, self.backend, self.lock_store, self.revoke_store]
+        for store in (self._workflow_store, self._schedule_store):
+            if isinstance(store, WorkflowStore | ScheduleStore):
+                closers.append(store)
         seen: set[int] = set()
         for closer in closers:
             if id(closer) not in seen:

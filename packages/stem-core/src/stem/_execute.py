@@ -134,7 +134,7 @@ async def execute(app: Stem, task: Task[Any, Any], ctx: TaskContext, invoke: Inv
     async def call_handler() -> Any:
         return await invoke(task, ctx, args, kwargs)
 
-    chain = call_handler
+    chain: Callable[[], Awaitable[Any]] = call_handler
     for middleware in reversed(app.hooks.middleware):
         chain = _wrap(middleware, ctx, chain)
     try:

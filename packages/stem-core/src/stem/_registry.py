@@ -78,10 +78,15 @@ def get_adapter(url: str) -> Adapter:
 
 
 def _load(scheme: str, target: str) -> Adapter:
-    (ep,) = [e for e in entry_points(group="stem.adapters") if e.name == scheme][:1] or [None]
-    if ep is None:  # pragma: no cover - entry points changed under us
+    found = [e for e in entry_points(group="stem.adapters") if e.name == scheme]
+    if not found:  # pragma: no cover - entry points changed under us
         raise UnknownSchemeError(f"the adapter for {scheme}:// ({target}) disappeared")
-    loaded = ep.load()
+    try:
+        loaded = found[0].load()
+    except ImportError as exc:
+        raise UnknownSchemeError(
+            f"the adapter for {scheme}:// ({target}) failed to import: {exc}"
+        ) from exc
     adapter = loaded() if isinstance(loaded, type) else loaded
     if not isinstance(adapter, Adapter):
         raise ConfigurationError(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import builtins
 
 from .._clock import Clock, SystemClock
 from .._messages import RevokeEntry
@@ -60,7 +61,7 @@ class RevokeStore(abc.ABC):
         return await self.get(task_id) is not None
 
     @abc.abstractmethod
-    async def list(self, *, since: float | None = None) -> list[RevokeEntry]:
+    async def list(self, *, since: float | None = None) -> builtins.list[RevokeEntry]:
         """Live revocations, oldest first; with ``since``, only those revoked after it."""
 
     async def aclose(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import builtins
 from typing import Any
 
 import msgspec
@@ -41,13 +42,13 @@ class ScheduleStore(abc.ABC):
     async def get(self, entry_id: str) -> ScheduleEntry | None: ...
 
     @abc.abstractmethod
-    async def list(self) -> list[ScheduleEntry]: ...
+    async def list(self) -> builtins.list[ScheduleEntry]: ...
 
     @abc.abstractmethod
     async def remove(self, entry_id: str) -> bool: ...
 
     @abc.abstractmethod
-    async def due(self, now: float, *, limit: int = 100) -> list[ScheduleEntry]: ...
+    async def due(self, now: float, *, limit: int = 100) -> builtins.list[ScheduleEntry]: ...
 
     @abc.abstractmethod
     async def mark_executed(

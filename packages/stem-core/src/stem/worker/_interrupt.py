@@ -70,4 +70,4 @@ def raise_in_thread(thread_id: int, exc_type: type[BaseException]) -> bool:
     if changed > 1:  # pragma: no cover - would mean a corrupt thread id; undo as CPython advises
         ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), None)
         return False
-    return changed == 1
+    return bool(changed == 1)

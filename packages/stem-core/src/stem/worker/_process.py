@@ -90,7 +90,9 @@ class ProcessPool:
         except (EOFError, OSError):
             self._all.discard(spawned)
             spawned.kill()
-            raise ChildLost(f"a new child process exited at start (exit code {process.exitcode})") from None
+            raise ChildLost(
+                f"a new child process exited at start (exit code {process.exitcode})"
+            ) from None
         return spawned
 
     async def run(
@@ -210,11 +212,16 @@ async def _readable(conn: Connection) -> None:
     loop = asyncio.get_running_loop()
     ready: asyncio.Future[None] = loop.create_future()
     fd = conn.fileno()
-    loop.add_reader(fd, lambda: ready.done() or ready.set_result(None))
+    loop.add_reader(fd, _wake, ready)
     try:
         await ready
     finally:
         loop.remove_reader(fd)
+
+
+def _wake(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
 
 
 async def _after(sleep: Any, seconds: float, action: Any) -> None:

@@ -221,7 +221,11 @@ class Worker:
         self.threads.shutdown(wait=False, cancel_futures=True)
         self.processes.close()
         self._stopped.set()
-        log.info("worker %s stopped (%s)", self.id, ", ".join(f"{k} {v}" for k, v in self.counters.items()))
+        log.info(
+            "worker %s stopped (%s)",
+            self.id,
+            ", ".join(f"{k} {v}" for k, v in self.counters.items()),
+        )
 
     async def run(self) -> None:
         """Start and run until SIGTERM or SIGINT; a second signal stops at once."""
@@ -244,10 +248,9 @@ class Worker:
                 name,
                 self.grace_period,
             )
-            asyncio.ensure_future(self.stop())
         else:
             log.warning("%s again: stopping at once, giving running tasks back", name)
-            asyncio.ensure_future(self.stop(grace_period=0))
+        self._signal_stop = asyncio.ensure_future(self.stop(None if self._signals == 1 else 0))
 
     async def __aenter__(self) -> Worker:
         await self.start()
@@ -325,13 +328,14 @@ class Worker:
                 due = await self.broker.next_due(self.queues)
                 if due is not None:
                     timeout = max(0.0, min(timeout, due - self.app.clock.now()))
-                await _first(self.broker.wait_for_messages(self.queues, timeout), self._stopping.wait())
+                await _first(
+                    self.broker.wait_for_messages(self.queues, timeout), self._stopping.wait()
+                )
                 continue
             for delivery in batch:
                 job = Job(self, delivery, self.lease, lease_expires_at=delivery.lease_expires_at)
                 self.jobs.add(job)
                 job.task = asyncio.ensure_future(self._run_job(job))
-
 
     async def _run_job(self, job: Job) -> None:
         try:
