@@ -9,6 +9,7 @@ import sys
 
 import click
 
+from ._demo import demo
 from ._loading import load_app
 
 __all__ = ["cli", "main"]
@@ -115,6 +116,9 @@ def worker(
             await app.aclose()
 
     asyncio.run(serve())
+
+
+cli.add_command(demo)
 
 
 def main() -> None:
