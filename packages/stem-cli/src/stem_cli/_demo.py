@@ -44,11 +44,15 @@ async def _run(url: str | None, count: int) -> int:
             refs = await app.enqueue_many(app.tasks["demo.add"].call(i, i) for i in range(count))
             flaky = await app.enqueue("demo.flaky")
             report = await app.enqueue("demo.report", [400])
-            bad = await app.enqueue("demo.add", ["one", "two"])  # does not fit the handler's int types
+            bad = await app.enqueue(
+                "demo.add", ["one", "two"]
+            )  # does not fit the handler's int types
             results = [await app.wait_for_task(r, timeout=60) for r in refs]
             elapsed = time.perf_counter() - started
             ok = sum(1 for i, r in enumerate(results) if r.succeeded and r.value == 2 * i)
-            click.echo(f"  {ok}/{count} additions succeeded in {elapsed:.2f}s ({count / elapsed:,.0f} tasks/s)")
+            click.echo(
+                f"  {ok}/{count} additions succeeded in {elapsed:.2f}s ({count / elapsed:,.0f} tasks/s)"
+            )
             flaky_result = await app.wait_for_task(flaky, timeout=60)
             click.echo(f"  retried task: {flaky_result.value}")
             report_result = await app.wait_for_task(report, timeout=60)
@@ -64,8 +68,12 @@ async def _run(url: str | None, count: int) -> int:
 
 
 @click.command()
-@click.option("--url", default=None, envvar="STEM_URL", help="Broker URL (default: embedded SQLite).")
-@click.option("-n", "--tasks", "count", default=1000, show_default=True, help="How many tasks to run.")
+@click.option(
+    "--url", default=None, envvar="STEM_URL", help="Broker URL (default: embedded SQLite)."
+)
+@click.option(
+    "-n", "--tasks", "count", default=1000, show_default=True, help="How many tasks to run."
+)
 def demo(url: str | None, count: int) -> None:
     """Run a worker and a few thousand tasks in this process, then show the results."""
     logging.basicConfig(level=logging.WARNING, format="  worker says: %(message)s")
