@@ -598,3 +598,21 @@ def test_worker_options_are_checked(app: Stem) -> None:
         Worker(app, concurrency=(4, 2))
     with pytest.raises(ConfigurationError):
         Worker(app, pool="fork")  # type: ignore[arg-type]
+
+
+async def test_hard_limit_fails_a_thread_handler(real_app: Stem) -> None:
+    stop = threading.Event()
+
+    @real_app.task(name="stubborn", time_limit=0.3)
+    def stubborn() -> str:
+        stop.wait(30)  # a blocking C call: only the worker's hard limit frees the slot
+        return "too late"
+
+    async with real_app.worker():
+        result = await real_app.wait_for_task(await stubborn.enqueue(), timeout=10)
+    stop.set()
+    assert (
+        result.failed
+        and result.error is not None
+        and result.error.type.endswith("TimeLimitExceeded")
+    )

@@ -14,7 +14,7 @@ import msgspec
 from .._codec import decode_envelope, encode_envelope
 from .._errors import DecodeError, SoftTimeLimitExceeded, TimeLimitExceeded
 from .._execute import execute
-from .._messages import Delivery, Envelope, Message, TaskError, TaskState
+from .._messages import Delivery, Envelope, Message, TaskError
 from .._task import Task, TaskContext, _Runtime
 from ._interrupt import Interruptible, raise_in_thread
 from ._process import ChildLost
@@ -103,7 +103,7 @@ class Job:
         self.running = True
         self.started_at = app.clock.monotonic()
         if worker.track_started:
-            await app.store_status(envelope, TaskState.STARTED, worker=worker.id)
+            worker.note_started(envelope)
         ctx = TaskContext(app, envelope, _JobRuntime(self))
         await app.hooks.emit("before_execute", ctx=ctx)
         try:
@@ -265,11 +265,8 @@ class _JobRuntime(_Runtime):
         self.loop = asyncio.get_running_loop()
 
     async def progress(self, fraction: float, data: Any) -> None:
-        job = self.job
-        assert job.envelope is not None
-        await job.worker.app.store_status(
-            job.envelope, TaskState.STARTED, worker=job.worker.id, progress=(fraction, data)
-        )
+        assert self.job.envelope is not None
+        await self.job.worker.store_progress(self.job.envelope, fraction, data)
 
     async def extend_lease(self, seconds: float | None) -> bool:
         if seconds is not None:

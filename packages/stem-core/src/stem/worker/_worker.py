@@ -36,6 +36,9 @@ if TYPE_CHECKING:
 
 __all__ = ["Worker"]
 
+#: A status to store and how long to keep it.
+_Status = tuple[TaskStatus, float | None]
+
 log = logging.getLogger("stem.worker")
 
 
@@ -139,7 +142,7 @@ class Worker:
         self._stopped = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
         self._settling: list[
-            tuple[tuple[TaskStatus, float | None] | None, Delivery, asyncio.Future[None]]
+            tuple[_Status | None, Delivery | None, asyncio.Future[None] | None]
         ] = []
         self._flusher: asyncio.Task[None] | None = None
         self._revoked_since: float | None = None
@@ -435,7 +438,10 @@ class Worker:
         envelope = job.envelope
         if envelope is not None:
             failed = outcome or Outcome(OutcomeKind.DEAD, error=error, reason=reason)
-            await self.app.store_status(envelope, TaskState.FAILED, outcome=failed, worker=self.id)
+            await self._settle(
+                self.app.make_status(envelope, TaskState.FAILED, outcome=failed, worker=self.id),
+                None,
+            )
             await self.app.unique.release(envelope)
         await self.broker.dead_letter(
             job.delivery,
@@ -472,15 +478,35 @@ class Worker:
         )
         await self._settle(None, job.delivery)
 
-    async def _settle(
-        self, status: tuple[TaskStatus, float | None] | None, delivery: Delivery
-    ) -> None:
-        """Store the status, then ack; batched with whatever else finished in the same moment."""
+    async def store_progress(self, envelope: Envelope, fraction: float, data: Any) -> None:
+        status = self.app.make_status(
+            envelope, TaskState.STARTED, worker=self.id, progress=(fraction, data)
+        )
+        await self._settle(status, None)
+
+    def note_started(self, envelope: Envelope) -> None:
+        """Queue a ``started`` status for the next batched write; the handler does not wait.
+
+        It shares the ordered batch with final statuses, so it can never land after
+        the final status of the same task.
+        """
+        started = self.app.make_status(envelope, TaskState.STARTED, worker=self.id)
+        self._settling.append((started, None, None))
+        self._kick_flusher()
+
+    async def _settle(self, status: _Status | None, delivery: Delivery | None) -> None:
+        """Store the status, then ack (if a delivery is given), batched with whatever else
+        finished in the same moment. Every status the worker writes goes through here, so
+        writes for one task land in the order they were made.
+        """
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._settling.append((status, delivery, done))
+        self._kick_flusher()
+        await done
+
+    def _kick_flusher(self) -> None:
         if self._flusher is None:
             self._flusher = asyncio.ensure_future(self._flush())
-        await done
 
     async def _flush(self) -> None:
         try:
@@ -491,15 +517,17 @@ class Worker:
                     statuses = [s for s, _, _ in batch if s is not None]
                     if statuses:
                         await self.app.backend.set_statuses(statuses)
-                    await self.broker.ack_many([d for _, d, _ in batch])
+                    deliveries = [d for _, d, _ in batch if d is not None]
+                    if deliveries:
+                        await self.broker.ack_many(deliveries)
                 except Exception as exc:
                     log.exception("storing results failed; the messages will be redelivered")
                     for _, _, fut in batch:
-                        if not fut.done():
+                        if fut is not None and not fut.done():
                             fut.set_exception(exc)
                 else:
                     for _, _, fut in batch:
-                        if not fut.done():
+                        if fut is not None and not fut.done():
                             fut.set_result(None)
         finally:
             self._flusher = None
