@@ -378,7 +378,7 @@ async def test_concurrency_is_a_hard_cap_and_short_tasks_pass_a_long_one(
         nonlocal short_done
         short_done += 1
 
-    async with app.worker(concurrency=3):
+    async with app.worker(concurrency=3) as worker:
         for _ in range(2):
             await long.enqueue()
         for _ in range(5):
@@ -386,7 +386,8 @@ async def test_concurrency_is_a_hard_cap_and_short_tasks_pass_a_long_one(
         await until(lambda: short_done == 5)  # two slots are held; the third serves them all
         for _ in range(6):
             await long.enqueue()
-        await until(lambda: running == 3)
+        # the worker's own count also waits for the last short task's ack to be written
+        await until(lambda: running == 3 and worker.inflight == 3)
         stats = await app.broker.queue_stats("default")
         assert (stats.inflight, stats.pending) == (3, 5)
         release.set()

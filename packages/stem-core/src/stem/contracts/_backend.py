@@ -79,6 +79,7 @@ class ResultBackend(abc.ABC):
                 yield status
                 if status.state.is_final:
                     return
+                continue  # read again: it may have changed while the caller held the status
             remaining = 3600.0 if deadline is None else deadline - self.clock.monotonic()
             if remaining <= 0:
                 return

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 
+from msgspec.structs import replace
+
 from .._clock import Clock
 from .._messages import GroupState, TaskState, TaskStatus, WorkerHeartbeat
 from .._notify import Notifier
@@ -36,15 +38,17 @@ class MemoryResultBackend(ResultBackend):
 
     async def set_status(self, status: TaskStatus, *, ttl: float | None = None) -> None:
         now = self.clock.now()
-        status.updated_at = status.updated_at or now
-        status.expires_at = now + ttl if ttl is not None else None
-        self._statuses[status.id] = status
+        # A snapshot: the caller may go on changing its object.
+        self._statuses[status.id] = replace(
+            status, updated_at=status.updated_at or now, expires_at=now + ttl if ttl is not None else None
+        )
         notifier = self._notifiers.pop(status.id, None)
         if notifier is not None:
             notifier.notify()
 
     async def get_status(self, task_id: str) -> TaskStatus | None:
-        return self._live(task_id)
+        status = self._live(task_id)
+        return None if status is None else replace(status)
 
     async def list_statuses(
         self, *, state: TaskState | None = None, task: str | None = None, limit: int = 100
@@ -56,7 +60,7 @@ class MemoryResultBackend(ResultBackend):
             if (state is None or s.state == state) and (task is None or s.task == task)
         ]
         chosen.sort(key=lambda s: s.updated_at, reverse=True)
-        return chosen[:limit]
+        return [replace(s) for s in chosen[:limit]]
 
     async def expire(self, task_id: str, ttl: float) -> bool:
         status = self._live(task_id)
@@ -92,7 +96,7 @@ class MemoryResultBackend(ResultBackend):
         return True
 
     async def set_heartbeat(self, heartbeat: WorkerHeartbeat, *, ttl: float) -> None:
-        self._heartbeats[heartbeat.worker_id] = (heartbeat, self.clock.now() + ttl)
+        self._heartbeats[heartbeat.worker_id] = (replace(heartbeat), self.clock.now() + ttl)
 
     async def get_heartbeat(self, worker_id: str) -> WorkerHeartbeat | None:
         entry = self._heartbeats.get(worker_id)
@@ -105,7 +109,7 @@ class MemoryResultBackend(ResultBackend):
         return [hb for hb, until in self._heartbeats.values() if until > now]
 
     async def get_statuses(self, task_ids: Sequence[str]) -> dict[str, TaskStatus]:
-        return {tid: s for tid in task_ids if (s := self._live(tid)) is not None}
+        return {tid: replace(s) for tid in task_ids if (s := self._live(tid)) is not None}
 
 
 def _snapshot(group: GroupState) -> GroupState:

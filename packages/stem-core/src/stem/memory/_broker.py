@@ -123,14 +123,19 @@ class MemoryBroker(Broker):
             times.extend(e.lease_until for e in queue.leased.values())
         return min(times, default=None)
 
+    def _current(self, delivery: Delivery) -> _Entry | None:
+        """The leased entry if ``delivery`` is its current hand-out (any other receipt: None)."""
+        queue = self._queues.get(delivery.message.queue)
+        seq, _, _ = delivery.receipt.partition(":")
+        entry = queue.leased.get(int(seq)) if queue is not None and seq.isdigit() else None
+        return entry if entry is not None and entry.receipt == delivery.receipt else None
+
     def _take(self, delivery: Delivery) -> _Entry | None:
         """Remove and return the leased entry if ``delivery`` is its current hand-out."""
-        queue = self._queues.get(delivery.message.queue)
-        seq = int(delivery.receipt.split(":", 1)[0])
-        entry = queue.leased.get(seq) if queue else None
-        if queue is None or entry is None or entry.receipt != delivery.receipt:
+        entry = self._current(delivery)
+        if entry is None:
             return None
-        del queue.leased[seq]
+        del self._queues[delivery.message.queue].leased[entry.seq]
         entry.receipt = None
         return entry
 
@@ -152,9 +157,8 @@ class MemoryBroker(Broker):
         return True
 
     async def extend_lease(self, delivery: Delivery, seconds: float) -> bool:
-        queue = self._queues.get(delivery.message.queue)
-        entry = queue.leased.get(int(delivery.receipt.split(":", 1)[0])) if queue else None
-        if entry is None or entry.receipt != delivery.receipt:
+        entry = self._current(delivery)
+        if entry is None:
             return False
         entry.lease_until = self.clock.now() + seconds
         return True
@@ -231,6 +235,7 @@ class MemoryBroker(Broker):
         q = self._queues.get(queue)
         if q is None:
             return 0
+        self._refresh(q, self.clock.now())  # a lease that ran out makes its message pending
         count = len(q.ready) + len(q.delayed)
         q.ready.clear()
         q.delayed.clear()

@@ -1,0 +1,86 @@
+"""Every contract suite against the SQLite adapter.
+
+The subject opens the test's own database file; the ``other_*`` fixtures open a second
+connection to the same file (``share_connection=False``), as another process would, so
+the suites' concurrency tests race two connections and two SQLite threads for real.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from stem import Clock
+from stem_adapter_tests import (
+    BrokerContract,
+    LockStoreContract,
+    ResultBackendContract,
+    RevokeStoreContract,
+)
+from stem_sqlite import SqliteBroker, SqliteLockStore, SqliteResultBackend, SqliteRevokeStore
+
+pytestmark = pytest.mark.sqlite
+
+
+class TestSqliteBroker(BrokerContract):
+    @pytest.fixture
+    async def broker(self, clock: Clock, tmp_path: Path) -> AsyncIterator[SqliteBroker]:
+        broker = SqliteBroker(tmp_path / "stem.db", clock=clock)
+        yield broker
+        await broker.aclose()
+
+    @pytest.fixture
+    async def other_broker(self, broker: SqliteBroker, clock: Clock) -> AsyncIterator[SqliteBroker]:
+        other = SqliteBroker(broker.path, clock=clock, share_connection=False)
+        yield other
+        await other.aclose()
+
+
+class TestSqliteResultBackend(ResultBackendContract):
+    @pytest.fixture
+    async def backend(self, clock: Clock, tmp_path: Path) -> AsyncIterator[SqliteResultBackend]:
+        backend = SqliteResultBackend(tmp_path / "stem.db", clock=clock)
+        yield backend
+        await backend.aclose()
+
+    @pytest.fixture
+    async def other_backend(
+        self, backend: SqliteResultBackend, clock: Clock
+    ) -> AsyncIterator[SqliteResultBackend]:
+        other = SqliteResultBackend(backend.path, clock=clock, share_connection=False)
+        yield other
+        await other.aclose()
+
+
+class TestSqliteLockStore(LockStoreContract):
+    @pytest.fixture
+    async def locks(self, clock: Clock, tmp_path: Path) -> AsyncIterator[SqliteLockStore]:
+        locks = SqliteLockStore(tmp_path / "stem.db", clock=clock)
+        yield locks
+        await locks.aclose()
+
+    @pytest.fixture
+    async def other_locks(
+        self, locks: SqliteLockStore, clock: Clock
+    ) -> AsyncIterator[SqliteLockStore]:
+        other = SqliteLockStore(locks.path, clock=clock, share_connection=False)
+        yield other
+        await other.aclose()
+
+
+class TestSqliteRevokeStore(RevokeStoreContract):
+    @pytest.fixture
+    async def revokes(self, clock: Clock, tmp_path: Path) -> AsyncIterator[SqliteRevokeStore]:
+        revokes = SqliteRevokeStore(tmp_path / "stem.db", clock=clock)
+        yield revokes
+        await revokes.aclose()
+
+    @pytest.fixture
+    async def other_revokes(
+        self, revokes: SqliteRevokeStore, clock: Clock
+    ) -> AsyncIterator[SqliteRevokeStore]:
+        other = SqliteRevokeStore(revokes.path, clock=clock, share_connection=False)
+        yield other
+        await other.aclose()
