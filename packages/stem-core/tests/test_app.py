@@ -416,3 +416,19 @@ def test_envelope_round_trips() -> None:
     envelope = stem.Envelope(id="1", task="t", args=[1], kwargs={"a": [1, 2]}, eta=5.0, priority=3)
     assert msgspec.json.decode(msgspec.json.encode(envelope), type=stem.Envelope) == envelope
     assert TaskState.SUCCEEDED.is_final and not TaskState.RETRIED.is_final
+
+
+async def test_a_task_ref_is_plain_data_for_other_tasks() -> None:
+    app = eager_app()
+
+    @app.task(name="first")
+    async def first() -> int:
+        return 1
+
+    @app.task(name="second")
+    async def second(previous: str) -> str:
+        return previous
+
+    ref = await first.enqueue()
+    result = await app.wait_for_task(await second.enqueue(ref), timeout=1)
+    assert result.value == str(ref) and type(result.value) is str

@@ -27,13 +27,22 @@ __all__ = [
     "PayloadEncoder",
     "WireFormat",
     "decode_envelope",
+    "enc_hook",
     "encode_envelope",
 ]
 
 WireFormat = Literal["json", "msgpack"]
 
-_json_encoder = msgspec.json.Encoder()
-_msgpack_encoder = msgspec.msgpack.Encoder()
+
+def enc_hook(value: Any) -> Any:
+    """Encode what msgspec does not by itself: subclasses of str (such as TaskRef) as str."""
+    if isinstance(value, str):
+        return str(value)
+    raise TypeError(f"Encoding objects of type {type(value).__name__} is unsupported")
+
+
+_json_encoder = msgspec.json.Encoder(enc_hook=enc_hook)
+_msgpack_encoder = msgspec.msgpack.Encoder(enc_hook=enc_hook)
 _json_envelope = msgspec.json.Decoder(Envelope)
 _msgpack_envelope = msgspec.msgpack.Decoder(Envelope)
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from ._codec import enc_hook
 from ._errors import Reject, Retry, SerializationError, TimeLimitExceeded
 from ._messages import Envelope, TaskError
 from ._task import Task, TaskContext
@@ -104,6 +105,16 @@ def decode_arguments(
     encoder = app.encoders.get(envelope.args_encoder)
     args = list(encoder.decode(envelope.args))
     kwargs = dict(encoder.decode(envelope.kwargs))
+    simple = task.positional
+    if simple is not None and not kwargs and len(args) == len(simple):
+        # The common case, without inspect's bind: positional arguments, one per parameter.
+        try:
+            return [
+                a if h is None else msgspec.convert(a, h, strict=False)
+                for a, h in zip(args, simple, strict=True)
+            ], {}
+        except (msgspec.ValidationError, TypeError) as exc:
+            raise BadArguments(str(exc)) from None
     try:
         bound = task.signature.bind(*args, **kwargs)
     except TypeError as exc:
@@ -158,7 +169,9 @@ async def execute(app: Stem, task: Task[Any, Any], ctx: TaskContext, invoke: Inv
     try:
         # to_builtins both checks the value can be stored and gives it the shape every
         # backend returns (dataclasses become dicts, datetimes strings), even in memory.
-        stored = msgspec.to_builtins(app.encoders.get(envelope.result_encoder).encode(value))
+        stored = msgspec.to_builtins(
+            app.encoders.get(envelope.result_encoder).encode(value), enc_hook=enc_hook
+        )
     except (SerializationError, TypeError) as exc:
         error = SerializationError(
             f"task {task.name!r} returned a {type(value).__name__}, which cannot be stored as a "

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Generator
 from typing import Any, TypeVar
 
-__all__ = ["HOOK_EVENTS", "Hooks", "Middleware"]
+__all__ = ["DONE", "HOOK_EVENTS", "Hooks", "Middleware"]
 
 log = logging.getLogger("stem.hooks")
 
@@ -30,6 +30,17 @@ HOOK_EVENTS = (
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+class _Done:
+    """An awaitable that is already done: the hot path awaits it instead of a fresh coroutine."""
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return
+        yield  # a generator that finishes at once
+
+
+DONE: Awaitable[None] = _Done()
 
 #: ``async def middleware(ctx, call_next)`` wraps each execution; ``await call_next()``
 #: runs the handler (and the inner middleware) and returns its value.
@@ -66,8 +77,15 @@ class Hooks:
     def has(self, event: str) -> bool:
         return bool(self._handlers[event])
 
-    async def emit(self, event: str, **kwargs: Any) -> None:
-        for handler in self._handlers[event]:
+    def emit(self, event: str, **kwargs: Any) -> Awaitable[None]:
+        """Call the event's handlers; with none registered, costs no coroutine."""
+        handlers = self._handlers[event]
+        return self._emit(handlers, event, kwargs) if handlers else DONE
+
+    async def _emit(
+        self, handlers: list[Callable[..., Any]], event: str, kwargs: dict[str, Any]
+    ) -> None:
+        for handler in handlers:
             try:
                 result = handler(**kwargs)
                 if inspect.isawaitable(result):

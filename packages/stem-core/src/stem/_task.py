@@ -171,6 +171,13 @@ class Task(Generic[P, R]):
         self.signature = signature.replace(parameters=params)
         self.arg_types: dict[str, Any] = {p.name: hints[p.name] for p in params if p.name in hints}
         self.return_type: Any = hints.get("return", Any)
+        #: For a signature of plain positional parameters, their annotations (None where
+        #: there is none or it is Any): lets the worker skip ``Signature.bind``.
+        self.positional: list[Any] | None = None
+        if all(p.kind is p.POSITIONAL_OR_KEYWORD for p in params):
+            self.positional = [
+                None if hints.get(p.name, Any) is Any else hints[p.name] for p in params
+            ]
 
     def __repr__(self) -> str:
         return f"<Task {self.name} queue={self.options_.queue}>"

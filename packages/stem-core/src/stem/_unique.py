@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Awaitable
 from typing import Any
 
 import msgspec
 
+from ._hooks import DONE
 from ._messages import Envelope
 from ._options import TaskOptions
 from .contracts import LockStore
@@ -67,8 +69,9 @@ class UniqueCoordinator:
         envelope.meta["stem.unique"] = {"key": key, "until": "ttl" if ttl else "finished"}
         return None
 
-    async def release(self, envelope: Envelope) -> None:
+    def release(self, envelope: Envelope) -> Awaitable[Any]:
         """Free an until-finished lock once the task reached a final state."""
-        claim = envelope.meta.get("stem.unique")
+        claim = envelope.meta.get("stem.unique") if envelope.meta else None
         if isinstance(claim, dict) and claim.get("until") == "finished":
-            await self.locks.release(str(claim.get("key")), envelope.id)
+            return self.locks.release(str(claim.get("key")), envelope.id)
+        return DONE

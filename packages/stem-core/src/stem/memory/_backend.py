@@ -40,7 +40,9 @@ class MemoryResultBackend(ResultBackend):
         now = self.clock.now()
         # A snapshot: the caller may go on changing its object.
         self._statuses[status.id] = replace(
-            status, updated_at=status.updated_at or now, expires_at=now + ttl if ttl is not None else None
+            status,
+            updated_at=status.updated_at or now,
+            expires_at=now + ttl if ttl is not None else None,
         )
         notifier = self._notifiers.pop(status.id, None)
         if notifier is not None:

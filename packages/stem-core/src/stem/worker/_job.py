@@ -144,15 +144,17 @@ class Job:
     async def _run_async(self, coro: Any, soft: float | None, hard: float | None) -> Any:
         driver: Interruptible[Any] = Interruptible(coro)
         self.interrupt = driver.interrupt
+        if soft is None and hard is None:
+            return await driver  # no timers: run in the job's own task, one task per job
+        timers = self._timers(
+            soft,
+            lambda: driver.interrupt(SoftTimeLimitExceeded(f"soft time limit of {soft:g}s passed")),
+        )
 
         async def drive() -> Any:
             return await driver
 
         handler = asyncio.ensure_future(drive())
-        timers = self._timers(
-            soft,
-            lambda: driver.interrupt(SoftTimeLimitExceeded(f"soft time limit of {soft:g}s passed")),
-        )
         try:
             return await self._within(handler, hard)
         finally:
