@@ -1,0 +1,55 @@
+"""The ``sqlite://`` adapter, registered in the ``stem.adapters`` entry-point group."""
+
+from __future__ import annotations
+
+from stem import Clock
+from stem.contracts import Adapter
+
+from ._backend import SqliteResultBackend
+from ._broker import SqliteBroker
+from ._stores import SqliteLockStore, SqliteRevokeStore, SqliteScheduleStore
+from ._url import parse_url
+
+__all__ = ["SqliteAdapter"]
+
+
+class SqliteAdapter(Adapter):
+    """Builds SQLite brokers and stores from ``sqlite:///path`` URLs.
+
+    Stores built from URLs naming the same file share one connection per event loop.
+    The options (``poll_interval``, ``busy_timeout``, ``wake_interval``) apply to each
+    store built from the URL; the first store to open a file sets its ``busy_timeout``.
+
+    Raises (from every method):
+        ConfigurationError: the URL is not a usable ``sqlite://`` URL.
+    """
+
+    distribution = "stem-sqlite"
+
+    def broker(self, url: str, *, clock: Clock | None = None) -> SqliteBroker:
+        o = parse_url(url)
+        return SqliteBroker(
+            o.path,
+            clock=clock,
+            poll_interval=o.poll_interval,
+            busy_timeout=o.busy_timeout,
+            wake_interval=o.wake_interval,
+        )
+
+    def result_backend(self, url: str, *, clock: Clock | None = None) -> SqliteResultBackend:
+        o = parse_url(url)
+        return SqliteResultBackend(
+            o.path, clock=clock, busy_timeout=o.busy_timeout, wake_interval=o.wake_interval
+        )
+
+    def lock_store(self, url: str, *, clock: Clock | None = None) -> SqliteLockStore:
+        o = parse_url(url)
+        return SqliteLockStore(o.path, clock=clock, busy_timeout=o.busy_timeout)
+
+    def revoke_store(self, url: str, *, clock: Clock | None = None) -> SqliteRevokeStore:
+        o = parse_url(url)
+        return SqliteRevokeStore(o.path, clock=clock, busy_timeout=o.busy_timeout)
+
+    def schedule_store(self, url: str, *, clock: Clock | None = None) -> SqliteScheduleStore:
+        o = parse_url(url)
+        return SqliteScheduleStore(o.path, clock=clock, busy_timeout=o.busy_timeout)

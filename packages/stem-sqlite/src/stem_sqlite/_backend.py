@@ -1,0 +1,383 @@
+"""The SQLite result backend: statuses, groups, chords and heartbeats in the same file."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+
+from stem import Clock
+from stem.contracts import GroupState, ResultBackend, TaskState, TaskStatus, WorkerHeartbeat
+
+from ._connection import Client, Database
+from ._support import Sweeper, decode, fetchall, sweep_expired, to_json
+from ._url import (
+    DEFAULT_BUSY_TIMEOUT,
+    DEFAULT_WAKE_INTERVAL,
+    SqliteOptions,
+    check_seconds,
+    resolve_path,
+)
+from ._wake import Baselines, wait_for_change
+
+__all__ = ["SqliteResultBackend"]
+
+_status_decoder = msgspec.json.Decoder(TaskStatus)
+_heartbeat_decoder = msgspec.json.Decoder(WorkerHeartbeat)
+_meta_decoder = msgspec.json.Decoder(dict[str, Any])
+
+
+class SqliteResultBackend(ResultBackend):
+    """Task statuses, groups, chord claims and worker heartbeats in a SQLite file.
+
+    Args:
+        path: the database file (created, with its directory, on first use).
+        clock: every time stored or compared is read from it.
+        busy_timeout: how long a write waits for another process's lock before failing.
+        wake_interval: longest gap between two checks of a watched status for changes
+            made by other processes (changes made in this process wake watchers at once).
+        share_connection: False to open a connection of its own instead of sharing the one
+            of every store of this file in this event loop.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        clock: Clock | None = None,
+        busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+        wake_interval: float = DEFAULT_WAKE_INTERVAL,
+        share_connection: bool = True,
+    ) -> None:
+        super().__init__(clock=clock)
+        self._client = Client(
+            SqliteOptions(
+                path=resolve_path(path),
+                busy_timeout=check_seconds("busy_timeout", busy_timeout),
+                wake_interval=check_seconds("wake_interval", wake_interval, allow_zero=False),
+            ),
+            share=share_connection,
+        )
+        self._baselines: Baselines[str, int | None] = Baselines()
+        self._sweep_statuses = Sweeper(self.clock)
+        self._sweep_heartbeats = Sweeper(self.clock)
+
+    @property
+    def path(self) -> str:
+        """The database file."""
+        return self._client.options.path
+
+    def __repr__(self) -> str:
+        return f"SqliteResultBackend({self.path!r})"
+
+    async def _db(self) -> Database:
+        return await self._client.db()
+
+    def _status(self, data: str, expires_at: float | None) -> TaskStatus:
+        status: TaskStatus = decode(_status_decoder, data, "a task status", self.path)
+        status.expires_at = expires_at  # the column is the truth: expire() changes only it
+        return status
+
+    # -- statuses -------------------------------------------------------------------------
+
+    async def set_status(self, status: TaskStatus, *, ttl: float | None = None) -> None:
+        await self.set_statuses([(status, ttl)])
+
+    async def set_statuses(self, statuses: Sequence[tuple[TaskStatus, float | None]]) -> None:
+        """Store several statuses in one transaction (the worker's batched flush)."""
+        if not statuses:
+            return
+        now = self.clock.now()
+        rows = []
+        for status, ttl in statuses:
+            # Like the in-memory backend, fill in the caller's status: when it was
+            # updated (unless given) and when it expires.
+            status.updated_at = status.updated_at or now
+            status.expires_at = now + ttl if ttl is not None else None
+            rows.append(
+                (
+                    status.id,
+                    str(status.state),
+                    status.task,
+                    status.updated_at,
+                    status.expires_at,
+                    to_json(status),
+                )
+            )
+        db = await self._db()
+        await db.write(_store_statuses, rows, now, self._sweep_statuses.due())
+        db.signals.statuses_changed([row[0] for row in rows])
+
+    async def get_status(self, task_id: str) -> TaskStatus | None:
+        db = await self._db()
+        row = await db.run(_read_status, task_id, self.clock.now())
+        # Remember the version read, so a watch that waits next cannot miss a change
+        # committed between this read and the start of its wait.
+        self._baselines.remember(task_id, None if row is None else row[2])
+        return None if row is None else self._status(row[0], row[1])
+
+    async def get_statuses(self, task_ids: Sequence[str]) -> dict[str, TaskStatus]:
+        if not task_ids:
+            return {}
+        db = await self._db()
+        rows = await db.run(
+            fetchall,
+            "SELECT id, data, expires_at FROM stem_task_statuses"
+            " WHERE id IN (SELECT value FROM json_each(?))"
+            " AND (expires_at IS NULL OR expires_at > ?)",
+            (to_json(list(task_ids)), self.clock.now()),
+        )
+        found = {tid: self._status(data, expires_at) for tid, data, expires_at in rows}
+        return {tid: found[tid] for tid in task_ids if tid in found}
+
+    async def list_statuses(
+        self, *, state: TaskState | None = None, task: str | None = None, limit: int = 100
+    ) -> list[TaskStatus]:
+        db = await self._db()
+        rows = await db.run(
+            fetchall,
+            "SELECT data, expires_at FROM stem_task_statuses"
+            " WHERE (expires_at IS NULL OR expires_at > :now)"
+            " AND (:state IS NULL OR state = :state) AND (:task IS NULL OR task = :task)"
+            " ORDER BY updated_at DESC, seq LIMIT :limit",
+            {
+                "now": self.clock.now(),
+                "state": None if state is None else str(state),
+                "task": task,
+                "limit": limit,
+            },
+        )
+        return [self._status(data, expires_at) for data, expires_at in rows]
+
+    async def expire(self, task_id: str, ttl: float) -> bool:
+        now = self.clock.now()
+        db = await self._db()
+        return await db.run(_expire_status, task_id, now + ttl, now)
+
+    async def wait_for_change(self, task_id: str, timeout: float) -> None:
+        """Return soon after the status of ``task_id`` changes (in any process), or at ``timeout``.
+
+        Changes made in this process wake the waiter at once; those of other processes
+        are seen within ``wake_interval`` by reading the row's version counter.
+        """
+        deadline = self.clock.monotonic() + timeout
+        db = await self._db()
+        notifier = db.signals.status(task_id)
+        known, baseline = self._baselines.take(task_id)
+
+        async def probe() -> int | None:
+            return await db.run(_status_version, task_id, self.clock.now())
+
+        current = await probe()
+        if known and current != baseline:
+            return  # changed since the caller last read it
+        if not known:
+            # Not called right after this task's own get_status (watch() driven from
+            # several tasks, or a direct call): a change made just before may be missed,
+            # so wait no longer than the base class's poll interval before reading again.
+            deadline = min(deadline, self.clock.monotonic() + self.poll_interval)
+        await wait_for_change(
+            clock=self.clock,
+            deadline=deadline,
+            notifier=notifier,
+            probe=probe,
+            baseline=current,
+            interval=self._client.options.wake_interval,
+        )
+
+    # -- groups and chords ----------------------------------------------------------------
+
+    async def init_group(
+        self, group_id: str, size: int, *, meta: dict[str, object] | None = None
+    ) -> None:
+        db = await self._db()
+        await db.write(_init_group, group_id, size, to_json(dict(meta or {})))
+
+    async def add_group_result(self, group_id: str, status: TaskStatus) -> GroupState | None:
+        db = await self._db()
+        found = await db.write(_add_group_result, group_id, status.id, to_json(status))
+        return None if found is None else self._group(group_id, *found)
+
+    async def get_group(self, group_id: str) -> GroupState | None:
+        db = await self._db()
+        found = await db.read(_read_group, group_id)
+        return None if found is None else self._group(group_id, *found)
+
+    def _group(
+        self,
+        group_id: str,
+        size: int,
+        meta: str,
+        claimed_by: str | None,
+        results: list[tuple[str, str]],
+    ) -> GroupState:
+        return GroupState(
+            id=group_id,
+            size=size,
+            results={
+                tid: decode(_status_decoder, data, "a group result", self.path)
+                for tid, data in results
+            },
+            meta=decode(_meta_decoder, meta, "group meta", self.path),
+            chord_claimed_by=claimed_by,
+        )
+
+    async def claim_chord(self, group_id: str, owner: str) -> bool:
+        db = await self._db()
+        return await db.run(_claim_chord, group_id, owner)
+
+    # -- worker heartbeats ----------------------------------------------------------------
+
+    async def set_heartbeat(self, heartbeat: WorkerHeartbeat, *, ttl: float) -> None:
+        now = self.clock.now()
+        db = await self._db()
+        await db.write(
+            _store_heartbeat,
+            heartbeat.worker_id,
+            now + ttl,
+            to_json(heartbeat),
+            now,
+            self._sweep_heartbeats.due(),
+        )
+
+    async def get_heartbeat(self, worker_id: str) -> WorkerHeartbeat | None:
+        db = await self._db()
+        rows = await db.run(
+            fetchall,
+            "SELECT data FROM stem_heartbeats WHERE worker_id = ? AND expires_at > ?",
+            (worker_id, self.clock.now()),
+        )
+        return decode(_heartbeat_decoder, rows[0][0], "a heartbeat", self.path) if rows else None
+
+    async def list_heartbeats(self) -> list[WorkerHeartbeat]:
+        db = await self._db()
+        rows = await db.run(
+            fetchall,
+            "SELECT data FROM stem_heartbeats WHERE expires_at > ? ORDER BY rowid",
+            (self.clock.now(),),
+        )
+        return [decode(_heartbeat_decoder, data, "a heartbeat", self.path) for (data,) in rows]
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+# -- transactions (run on the connection's thread) --------------------------------------
+
+
+def _store_statuses(
+    conn: sqlite3.Connection, rows: list[tuple[Any, ...]], now: float, sweep: bool
+) -> None:
+    # An expired status is gone: storing the id again starts afresh (and lists it as new).
+    conn.execute(
+        "DELETE FROM stem_task_statuses"
+        " WHERE id IN (SELECT value FROM json_each(?)) AND expires_at <= ?",
+        (to_json([row[0] for row in rows]), now),
+    )
+    # Rows are written in the order given, so of two statuses of one task in a batch
+    # the later one stays.
+    conn.executemany(
+        "INSERT INTO stem_task_statuses (id, state, task, updated_at, expires_at, data, version)"
+        " VALUES (?, ?, ?, ?, ?, ?, 1)"
+        " ON CONFLICT (id) DO UPDATE SET state = excluded.state, task = excluded.task,"
+        " updated_at = excluded.updated_at, expires_at = excluded.expires_at,"
+        " data = excluded.data, version = version + 1",
+        rows,
+    )
+    if sweep:
+        sweep_expired(conn, "stem_task_statuses", "rowid", now)
+
+
+def _read_status(
+    conn: sqlite3.Connection, task_id: str, now: float
+) -> tuple[str, float | None, int] | None:
+    row = conn.execute(
+        "SELECT data, expires_at, version FROM stem_task_statuses"
+        " WHERE id = ? AND (expires_at IS NULL OR expires_at > ?)",
+        (task_id, now),
+    ).fetchone()
+    return None if row is None else (row[0], row[1], row[2])
+
+
+def _status_version(conn: sqlite3.Connection, task_id: str, now: float) -> int | None:
+    # The same rows get_status sees: an expired status reads as absent here too, or a
+    # watcher of an expired task would wake at every check.
+    row = conn.execute(
+        "SELECT version FROM stem_task_statuses"
+        " WHERE id = ? AND (expires_at IS NULL OR expires_at > ?)",
+        (task_id, now),
+    ).fetchone()
+    return None if row is None else int(row[0])
+
+
+def _expire_status(conn: sqlite3.Connection, task_id: str, expires_at: float, now: float) -> bool:
+    cursor = conn.execute(
+        "UPDATE stem_task_statuses SET expires_at = ?"
+        " WHERE id = ? AND (expires_at IS NULL OR expires_at > ?)",
+        (expires_at, task_id, now),
+    )
+    return cursor.rowcount == 1
+
+
+def _init_group(conn: sqlite3.Connection, group_id: str, size: int, meta: str) -> None:
+    # Initialising a group again starts it afresh, results and chord claim included.
+    conn.execute("DELETE FROM stem_group_results WHERE group_id = ?", (group_id,))
+    conn.execute(
+        "INSERT INTO stem_groups (id, size, meta, chord_claimed_by) VALUES (?, ?, ?, NULL)"
+        " ON CONFLICT (id) DO UPDATE"
+        " SET size = excluded.size, meta = excluded.meta, chord_claimed_by = NULL",
+        (group_id, size, meta),
+    )
+
+
+_Group = tuple[int, str, str | None, list[tuple[str, str]]]
+
+
+def _read_group(conn: sqlite3.Connection, group_id: str) -> _Group | None:
+    row = conn.execute(
+        "SELECT size, meta, chord_claimed_by FROM stem_groups WHERE id = ?", (group_id,)
+    ).fetchone()
+    if row is None:
+        return None
+    results = conn.execute(
+        "SELECT task_id, data FROM stem_group_results WHERE group_id = ? ORDER BY rowid",
+        (group_id,),
+    ).fetchall()
+    return row[0], row[1], row[2], results
+
+
+def _add_group_result(
+    conn: sqlite3.Connection, group_id: str, task_id: str, data: str
+) -> _Group | None:
+    if conn.execute("SELECT 1 FROM stem_groups WHERE id = ?", (group_id,)).fetchone() is None:
+        return None
+    # Idempotent per task id: a redelivered member's result is recorded once, the first time.
+    conn.execute(
+        "INSERT OR IGNORE INTO stem_group_results (group_id, task_id, data) VALUES (?, ?, ?)",
+        (group_id, task_id, data),
+    )
+    return _read_group(conn, group_id)
+
+
+def _claim_chord(conn: sqlite3.Connection, group_id: str, owner: str) -> bool:
+    cursor = conn.execute(
+        "UPDATE stem_groups SET chord_claimed_by = ? WHERE id = ? AND chord_claimed_by IS NULL",
+        (owner, group_id),
+    )
+    return cursor.rowcount == 1
+
+
+def _store_heartbeat(
+    conn: sqlite3.Connection, worker_id: str, expires_at: float, data: str, now: float, sweep: bool
+) -> None:
+    conn.execute(
+        "INSERT INTO stem_heartbeats (worker_id, expires_at, data) VALUES (?, ?, ?)"
+        " ON CONFLICT (worker_id) DO UPDATE"
+        " SET expires_at = excluded.expires_at, data = excluded.data",
+        (worker_id, expires_at, data),
+    )
+    if sweep:
+        sweep_expired(conn, "stem_heartbeats", "rowid", now)

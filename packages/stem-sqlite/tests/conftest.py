@@ -1,0 +1,61 @@
+"""Fixtures for the stem-sqlite tests: a FakeClock and a fresh database path per test."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from stem import FakeClock
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "stem.db"
+
+
+@pytest.fixture
+def no_stem_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("STEM_URL", "STEM_BACKEND_URL", "STEM_WORKFLOW_URL"):
+        monkeypatch.delenv(name, raising=False)
+
+
+async def _until_sleeping(clock: FakeClock) -> None:
+    for _ in range(100_000):
+        if clock.sleepers:
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("nothing started sleeping on the FakeClock")
+
+
+@pytest.fixture
+def until_sleeping() -> Callable[[FakeClock], Awaitable[None]]:
+    """Wait (yielding to the loop) until something sleeps on the FakeClock."""
+    return _until_sleeping
+
+
+def _run_python(code: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONWARNINGS": "error"},
+        check=False,
+    )
+
+
+@pytest.fixture
+def run_python() -> Callable[..., subprocess.CompletedProcess[str]]:
+    """Run a snippet in a fresh interpreter: another process on the same file."""
+    return _run_python
