@@ -35,9 +35,10 @@ async def main() -> None:
         print("last traceback line:", (dead.traceback or "").strip().splitlines()[-1])
 
         service_up = True  # the outage is over: replay it
+        replayed = asyncio.Event()
+        app.hooks.on("on_success")(lambda ctx, value: replayed.set())
         await app.broker.replay_dead_letters("default", [ref])
-        while not (await app.wait_for_task(ref, timeout=30)).succeeded:
-            await asyncio.sleep(0.05)  # the replayed run writes a new status; wait for it
+        await asyncio.wait_for(replayed.wait(), timeout=30)
         print("after replay:", (await app.wait_for_task(ref, timeout=30)).value)
     await app.aclose()
 

@@ -50,14 +50,16 @@ async def _drain(
         while ready not in (await proc.stderr.readline()).decode():
             if proc.stderr.at_eof():
                 raise RuntimeError(f"the worker exited before saying {ready!r}")
-        drain_output = asyncio.ensure_future(proc.stderr.read())  # keep the pipe from filling
+        output = asyncio.ensure_future(proc.stderr.read())  # keep the pipe from filling
         started = time.perf_counter()
-        while not await done():
-            await asyncio.sleep(0.02)  # a benchmark may poll; tests may not
+        while not await done():  # noqa: ASYNC110 - a benchmark may poll; tests may not
+            await asyncio.sleep(0.02)
         return time.perf_counter() - started
     finally:
         proc.terminate()
         await proc.wait()
+        if "output" in locals():
+            await output
 
 
 async def bench_stem(workdir: Path, n: int, batch: int) -> dict[str, float]:
