@@ -313,3 +313,34 @@ async def test_ids_may_be_str_subclasses_such_as_task_refs(broker: SqliteBroker)
     [again] = await broker.reserve(["q"], 1, 30)
     assert await broker.dead_letter(again, "failed")
     assert await broker.purge_dead_letters("q", [ref]) == 1
+
+
+async def test_settle_stores_and_acks_in_one_transaction(
+    broker: SqliteBroker, db_path: Path, clock: FakeClock
+) -> None:
+    from stem.contracts import TaskState, TaskStatus
+    from stem_sqlite import SqliteResultBackend
+
+    backend = SqliteResultBackend(db_path, clock=clock)  # shares the broker's connection
+    await broker.publish_many([msg("a"), msg("b")])
+    deliveries = await broker.reserve(["q"], 2, 30)
+    db = await broker._db()
+    writes: list[object] = []
+    original = db.write
+
+    async def counting(fn: Callable[..., object], *args: object) -> object:
+        writes.append(fn)
+        return await original(fn, *args)
+
+    db.write = counting  # type: ignore[method-assign]
+    stale = Delivery(
+        message=deliveries[0].message, receipt="0:stale", deliveries=1, lease_expires_at=0
+    )
+    statuses = [(TaskStatus(id=d.message.id, state=TaskState.SUCCEEDED), 60.0) for d in deliveries]
+    await broker.settle([*deliveries, stale], statuses, backend)
+    assert len(writes) == 1
+    assert (await broker.queue_stats("q")).inflight == 0
+    stored = await backend.get_status("a")
+    assert stored is not None and stored.state is TaskState.SUCCEEDED
+    assert stored.expires_at == clock.now() + 60
+    await backend.aclose()

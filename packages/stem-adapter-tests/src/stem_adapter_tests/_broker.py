@@ -11,7 +11,8 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from stem import Clock
-from stem.contracts import Broker, Delivery, Message, QueueStats
+from stem.contracts import Broker, Delivery, Message, QueueStats, TaskState, TaskStatus
+from stem.memory import MemoryResultBackend
 
 from ._broker_model import run_broker_model
 from ._support import ContractSuite, requires, unique
@@ -181,6 +182,21 @@ class BrokerContract(ContractSuite):
         [d] = await broker.reserve([queue], 1, HOLD)
         assert await broker.ack(d) is True
         assert await broker.ack(d) is False
+
+    async def test_settle_stores_statuses_then_acks(self, broker: Broker, queue: str) -> None:
+        # The worker's settlement; an adapter may override it to use one transaction.
+        backend = MemoryResultBackend()
+        await broker.publish_many([message(queue, body=b"one"), message(queue, body=b"two")])
+        deliveries = await broker.reserve([queue], 2, HOLD)
+        statuses = [
+            (TaskStatus(id=d.message.id, state=TaskState.SUCCEEDED), None) for d in deliveries
+        ]
+        await broker.settle(deliveries, statuses, backend)
+        stats = await broker.queue_stats(queue)
+        assert (stats.pending, stats.inflight) == (0, 0)
+        for delivery in deliveries:
+            stored = await backend.get_status(delivery.message.id)
+            assert stored is not None and stored.state is TaskState.SUCCEEDED
 
     async def test_ack_many_counts_only_current_deliveries(
         self, broker: Broker, queue: str

@@ -90,6 +90,15 @@ class SqliteResultBackend(ResultBackend):
         """Store several statuses in one transaction (the worker's batched flush)."""
         if not statuses:
             return
+        rows, now = self.status_rows(statuses)
+        db = await self._db()
+        await db.write(store_statuses, rows, now, self._sweep_statuses.due())
+        db.signals.statuses_changed([row[0] for row in rows])
+
+    def status_rows(
+        self, statuses: Sequence[tuple[TaskStatus, float | None]]
+    ) -> tuple[list[tuple[Any, ...]], float]:
+        """The rows that store ``statuses`` (for :func:`store_statuses`), and when they were made."""
         now = self.clock.now()
         rows = []
         for status, ttl in statuses:
@@ -107,9 +116,7 @@ class SqliteResultBackend(ResultBackend):
                     to_json(status),
                 )
             )
-        db = await self._db()
-        await db.write(_store_statuses, rows, now, self._sweep_statuses.due())
-        db.signals.statuses_changed([row[0] for row in rows])
+        return rows, now
 
     async def get_status(self, task_id: str) -> TaskStatus | None:
         db = await self._db()
@@ -268,7 +275,7 @@ class SqliteResultBackend(ResultBackend):
 # -- transactions (run on the connection's thread) --------------------------------------
 
 
-def _store_statuses(
+def store_statuses(
     conn: sqlite3.Connection, rows: list[tuple[Any, ...]], now: float, sweep: bool
 ) -> None:
     # An expired status is gone: storing the id again starts afresh (and lists it as new).

@@ -9,8 +9,18 @@ from collections.abc import Sequence
 from typing import Any
 
 from stem import Clock
-from stem.contracts import Broker, BrokerCapabilities, DeadLetter, Delivery, Message, QueueStats
+from stem.contracts import (
+    Broker,
+    BrokerCapabilities,
+    DeadLetter,
+    Delivery,
+    Message,
+    QueueStats,
+    ResultBackend,
+    TaskStatus,
+)
 
+from ._backend import SqliteResultBackend, store_statuses
 from ._connection import Client, Database
 from ._support import to_json
 from ._url import (
@@ -227,6 +237,25 @@ class SqliteBroker(Broker):
             return await db.run(_ack, pairs)
         return await db.write(_ack, pairs)
 
+    async def settle(
+        self,
+        deliveries: Sequence[Delivery],
+        statuses: Sequence[tuple[TaskStatus, float | None]],
+        backend: ResultBackend,
+    ) -> None:
+        """Store the statuses and ack the deliveries in one transaction when the backend
+        shares this broker's connection (the usual case: one file); else one after the other."""
+        db = await self._db()
+        if not (isinstance(backend, SqliteResultBackend) and statuses and deliveries) or (
+            await backend._db() is not db
+        ):
+            await super().settle(deliveries, statuses, backend)
+            return
+        rows, now = backend.status_rows(statuses)
+        pairs = [(seq, d.receipt) for d in deliveries if (seq := _seq(d)) is not None]
+        await db.write(_store_and_ack, rows, now, backend._sweep_statuses.due(), pairs)
+        db.signals.statuses_changed([row[0] for row in rows])
+
     async def nack(
         self, delivery: Delivery, *, requeue: bool = True, delay: float | None = None
     ) -> bool:
@@ -375,6 +404,17 @@ def _next_due(conn: sqlite3.Connection, queues: list[str]) -> float | None:
             if value is not None:
                 times.append(value)
     return min(times, default=None)
+
+
+def _store_and_ack(
+    conn: sqlite3.Connection,
+    rows: list[tuple[Any, ...]],
+    now: float,
+    sweep: bool,
+    pairs: list[tuple[int, str]],
+) -> int:
+    store_statuses(conn, rows, now, sweep)
+    return _ack(conn, pairs)
 
 
 def _ack(conn: sqlite3.Connection, pairs: list[tuple[int, str]]) -> int:

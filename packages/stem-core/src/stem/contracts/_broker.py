@@ -6,7 +6,8 @@ import abc
 from collections.abc import AsyncIterator, Sequence
 
 from .._clock import Clock, SystemClock
-from .._messages import DeadLetter, Delivery, Message, QueueStats
+from .._messages import DeadLetter, Delivery, Message, QueueStats, TaskStatus
+from ._backend import ResultBackend
 
 __all__ = ["Broker", "BrokerCapabilities"]
 
@@ -119,6 +120,23 @@ class Broker(abc.ABC):
 
     async def ack(self, delivery: Delivery) -> bool:
         return await self.ack_many([delivery]) == 1
+
+    async def settle(
+        self,
+        deliveries: Sequence[Delivery],
+        statuses: Sequence[tuple[TaskStatus, float | None]],
+        backend: ResultBackend,
+    ) -> None:
+        """The worker's settlement: store ``statuses`` in ``backend``, then ack ``deliveries``.
+
+        The order is the guarantee: a result is stored before its message is
+        acknowledged. An adapter whose broker and backend share one database may
+        override this to do both in one transaction.
+        """
+        if statuses:
+            await backend.set_statuses(statuses)
+        if deliveries:
+            await self.ack_many(deliveries)
 
     @abc.abstractmethod
     async def nack(

@@ -513,13 +513,12 @@ class Worker:
             await asyncio.sleep(0)  # let the handlers finishing in this loop turn join the batch
             while self._settling:
                 batch, self._settling = self._settling, []
+                # Of several statuses of one task in a batch (a quick task's "started"
+                # and its result, say), only the last needs writing.
+                latest = {s[0].id: s for s, _, _ in batch if s is not None}
+                deliveries = [d for _, d, _ in batch if d is not None]
                 try:
-                    statuses = [s for s, _, _ in batch if s is not None]
-                    if statuses:
-                        await self.app.backend.set_statuses(statuses)
-                    deliveries = [d for _, d, _ in batch if d is not None]
-                    if deliveries:
-                        await self.broker.ack_many(deliveries)
+                    await self.broker.settle(deliveries, list(latest.values()), self.app.backend)
                 except Exception as exc:
                     log.exception("storing results failed; the messages will be redelivered")
                     for _, _, fut in batch:
