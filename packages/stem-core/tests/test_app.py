@@ -432,3 +432,15 @@ async def test_a_task_ref_is_plain_data_for_other_tasks() -> None:
     ref = await first.enqueue()
     result = await app.wait_for_task(await second.enqueue(ref), timeout=1)
     assert result.value == str(ref) and type(result.value) is str
+
+
+async def test_enqueue_many_by_name(app: Stem) -> None:
+    ids = await app.enqueue_many(app.call("remote.task", [n], priority=n) for n in range(3))
+    envelopes = [
+        decode_envelope(d.message.body) for d in await app.broker.reserve(["default"], 3, 10)
+    ]
+    assert [(e.id, e.task, e.args) for e in envelopes] == [
+        (ids[2], "remote.task", [2]),
+        (ids[1], "remote.task", [1]),
+        (ids[0], "remote.task", [0]),
+    ]

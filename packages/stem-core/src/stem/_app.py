@@ -29,7 +29,7 @@ from ._options import (
 )
 from ._portal import Portal
 from ._registry import get_adapter
-from ._task import Task, TaskCall, TaskContext, TaskRef, task_name
+from ._task import NamedTask, Task, TaskCall, TaskContext, TaskRef, task_name
 from ._unique import UniqueCoordinator
 from .contracts import Broker, LockStore, ResultBackend, RevokeStore, ScheduleStore, WorkflowStore
 
@@ -305,6 +305,19 @@ class Stem:
     ) -> str:
         """:meth:`enqueue` for synchronous code."""
         return self._portal.call(self.enqueue, name, args, kwargs, **options)
+
+    def call(
+        self,
+        name: str,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> TaskCall[Any, Any]:
+        """A call of a task by name, for :meth:`enqueue_many` from a process without its handler."""
+        task = self.tasks.get(name)
+        if task is not None:
+            return task.call(*args, **(kwargs or {})).options(**options)
+        return TaskCall(NamedTask(self, name), dict(options), tuple(args), dict(kwargs or {}))
 
     async def enqueue_many(self, calls: Iterable[TaskCall[Any, Any]]) -> list[str]:
         """Enqueue many calls (``task.call(...)``, optionally ``.options(...)``) in one publish."""

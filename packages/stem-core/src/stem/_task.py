@@ -18,7 +18,7 @@ from ._options import TaskOptions
 if TYPE_CHECKING:
     from ._app import Stem
 
-__all__ = ["EnqueueOptions", "Task", "TaskCall", "TaskContext", "TaskRef"]
+__all__ = ["EnqueueOptions", "NamedTask", "Task", "TaskCall", "TaskContext", "TaskRef"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -207,12 +207,23 @@ class Task(Generic[P, R]):
         return TaskCall(self, {}, args, dict(kwargs))
 
 
+class NamedTask:
+    """A task known only by name (its handler lives in another process)."""
+
+    def __init__(self, app: Stem, name: str) -> None:
+        self.app = app
+        self.name = name
+
+    def check_arguments(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
+        """Nothing to check against: the worker checks, and dead-letters what does not fit."""
+
+
 class TaskCall(Generic[P, R]):
     """A task with per-enqueue options, optionally with its arguments bound."""
 
     def __init__(
         self,
-        task: Task[P, R],
+        task: Task[P, R] | NamedTask,
         overrides: dict[str, Any],
         args: tuple[Any, ...] = (),
         kwargs: dict[str, Any] | None = None,

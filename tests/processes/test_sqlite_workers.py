@@ -1,0 +1,219 @@
+"""Real `stem worker` processes sharing one SQLite file: killed, and stopped with SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from stem import Stem, TaskState
+
+pytestmark = [pytest.mark.sqlite, pytest.mark.processes]
+
+APP = """
+import asyncio, os
+from stem import Stem
+
+app = Stem.from_url(os.environ["STEM_URL"])
+RUNS = os.environ["RUNS_FILE"]
+RELEASE = os.environ.get("RELEASE_FILE", "")
+
+
+def record(event, task_id):
+    # One short O_APPEND write per line: lines from several processes never interleave.
+    fd = os.open(RUNS, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    try:
+        os.write(fd, f"{event} {task_id} {os.getpid()}\\n".encode())
+    finally:
+        os.close(fd)
+
+
+@app.task(name="work.step", visibility_timeout=2)
+async def step(ctx, n: int) -> int:
+    record("start", ctx.id)
+    await asyncio.sleep(0.01)  # a little real work, so a kill lands mid-run
+    return n
+
+
+@app.task(name="work.gated", visibility_timeout=30)
+async def gated(ctx, n: int) -> int:
+    record("start", ctx.id)
+    while not os.path.exists(RELEASE):  # held until the test lets it finish
+        await asyncio.sleep(0.01)
+    return n
+"""
+
+
+class Workers:
+    """Starts `stem worker` processes on one app module, and stops them all at the end."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.db = root / "stem.db"
+        self.runs = root / "runs.txt"
+        self.release = root / "release"
+        (root / "proc_app.py").write_text(textwrap.dedent(APP))
+        self.env = {
+            **os.environ,
+            "STEM_URL": f"sqlite:///{self.db}",
+            "RUNS_FILE": str(self.runs),
+            "RELEASE_FILE": str(self.release),
+            "PYTHONUNBUFFERED": "1",
+        }
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, *args: str) -> subprocess.Popen[bytes]:
+        log = open(self.root / f"worker-{len(self.procs)}.log", "wb")  # noqa: SIM115 - closed in stop_all
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "stem_cli", "worker", "--app", "proc_app:app", *args],
+            cwd=self.root,
+            env=self.env,
+            stderr=log,
+        )
+        proc.log = log  # type: ignore[attr-defined]
+        self.procs.append(proc)
+        return proc
+
+    def log_of(self, proc: subprocess.Popen[bytes]) -> str:
+        return (self.root / f"worker-{self.procs.index(proc)}.log").read_text()
+
+    def runs_by_task(self) -> dict[str, list[int]]:
+        starts: dict[str, list[int]] = collections.defaultdict(list)
+        if self.runs.exists():
+            for line in self.runs.read_text().splitlines():
+                event, task_id, pid = line.split()
+                if event == "start":
+                    starts[task_id].append(int(pid))
+        return starts
+
+    def stop_all(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+            proc.log.close()  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def workers(tmp_path: Path) -> Iterator[Workers]:
+    group = Workers(tmp_path)
+    try:
+        yield group
+    finally:
+        group.stop_all()
+
+
+@pytest.fixture
+async def producer(workers: Workers) -> AsyncIterator[Stem]:
+    app = Stem.from_url(f"sqlite:///{workers.db}")
+    yield app
+    await app.aclose()
+
+
+Eventually = Callable[..., Awaitable[None]]
+
+
+@pytest.fixture
+def eventually() -> Eventually:
+    """Check a condition on shared state until it holds (other processes cannot send us events)."""
+
+    async def wait(
+        condition: Callable[[], Awaitable[bool]], timeout: float = 60.0, what: str = ""
+    ) -> None:
+        async with asyncio.timeout(timeout):
+            while not await condition():  # noqa: ASYNC110 - polling the shared file is the only signal
+                await asyncio.sleep(0.02)
+
+    return wait
+
+
+async def test_sigkill_of_one_of_three_workers_loses_nothing(
+    workers: Workers, producer: Stem, eventually: Eventually
+) -> None:
+    # Given three worker processes on one file and a few thousand tasks
+    total, concurrency = 3000, 4
+    procs = [workers.start("-c", str(concurrency), "--heartbeat-interval", "1") for _ in range(3)]
+    ids: list[str] = []
+    for start in range(0, total, 500):
+        ids += await producer.enqueue_many(
+            producer.call("work.step", [n]) for n in range(start, start + 500)
+        )
+    victim = procs[0]
+
+    async def victim_is_mid_task() -> bool:
+        # well into the run, and holding a task it started but has not finished
+        mine = [t for t, pids in workers.runs_by_task().items() if victim.pid in pids]
+        if len(mine) < 100:
+            return False
+        statuses = await producer.backend.get_statuses(mine[-8:])
+        return any(t not in statuses or not statuses[t].state.is_final for t in mine[-8:])
+
+    # When one worker is killed with SIGKILL mid-run
+    await eventually(victim_is_mid_task)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+
+    async def all_final() -> bool:
+        statuses = await producer.backend.get_statuses(ids)
+        return len(statuses) == total and all(s.state.is_final for s in statuses.values())
+
+    # Then every task reaches a final state, all succeeded, nothing is left in the queue
+    await eventually(all_final, timeout=120)
+    statuses = await producer.backend.get_statuses(ids)
+    assert {s.state for s in statuses.values()} == {TaskState.SUCCEEDED}
+    assert sorted(statuses[i].value for i in ids) == list(range(total))
+    stats = await producer.broker.queue_stats("default")
+    assert (stats.pending, stats.inflight, stats.dead) == (0, 0, 0)
+    # And only tasks the killed worker was holding ran twice: at most its concurrency,
+    # each first started by the killed worker and finished by a survivor
+    runs = workers.runs_by_task()
+    assert set(runs) == set(ids)
+    twice = {task_id: pids for task_id, pids in runs.items() if len(pids) > 1}
+    assert 1 <= len(twice) <= concurrency
+    assert all(len(pids) == 2 and pids[0] == victim.pid != pids[1] for pids in twice.values())
+    assert all(statuses[t].worker and f":{victim.pid}:" not in statuses[t].worker for t in twice)
+    survivors = {p.pid for p in procs[1:]}
+    assert all(p.poll() is None for p in procs[1:]) and survivors
+
+
+async def test_sigterm_finishes_running_tasks_and_returns_prefetched_ones(
+    workers: Workers, producer: Stem, eventually: Eventually
+) -> None:
+    # Given a worker running two held tasks with four more prefetched
+    proc = workers.start("-c", "2", "--prefetch", "4", "--grace-period", "60")
+    ids = [await producer.enqueue("work.gated", [n]) for n in range(10)]
+
+    async def two_running_four_held() -> bool:
+        stats = await producer.broker.queue_stats("default")
+        return len(workers.runs_by_task()) == 2 and stats.inflight == 6
+
+    await eventually(two_running_four_held)
+    running = set(workers.runs_by_task())
+
+    # When it gets SIGTERM
+    proc.send_signal(signal.SIGTERM)
+
+    async def prefetched_returned() -> bool:
+        stats = await producer.broker.queue_stats("default")
+        return (stats.pending, stats.inflight) == (8, 2)
+
+    # Then the prefetched messages go back at once, while the running two still run
+    await eventually(prefetched_returned)
+    assert proc.poll() is None
+    workers.release.touch()
+    # And the running two finish, and the process exits cleanly
+    assert await asyncio.to_thread(proc.wait, 60) == 0
+    statuses = await producer.backend.get_statuses(ids)
+    assert {t for t, s in statuses.items() if s.state is TaskState.SUCCEEDED} == running
+    stats = await producer.broker.queue_stats("default")
+    assert (stats.pending, stats.inflight, stats.dead) == (8, 0, 0)
+    log = workers.log_of(proc)
+    assert "SIGTERM: finishing running tasks" in log and "stopped" in log
