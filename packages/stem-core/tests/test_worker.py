@@ -102,7 +102,8 @@ async def test_bad_input_goes_to_dead_letters_and_worker_goes_on(app: Stem) -> N
         too_many: "bad-arguments",
         wrong_type: "bad-arguments",
     }
-    assert await state_of(app, wrong_type) is TaskState.FAILED
+    failed = await app.wait_for_task(wrong_type, timeout=1)
+    assert failed.error is not None and "argument 'count'" in failed.error.message
 
 
 async def test_unserializable_result_fails_the_task_clearly(app: Stem) -> None:

@@ -108,13 +108,10 @@ def decode_arguments(
     simple = task.positional
     if simple is not None and not kwargs and len(args) == len(simple):
         # The common case, without inspect's bind: positional arguments, one per parameter.
-        try:
-            return [
-                a if h is None else msgspec.convert(a, h, strict=False)
-                for a, h in zip(args, simple, strict=True)
-            ], {}
-        except (msgspec.ValidationError, TypeError) as exc:
-            raise BadArguments(str(exc)) from None
+        for index, hint in enumerate(simple):
+            if hint is not None:
+                args[index] = _convert(args[index], hint, task.parameter_names[index])
+        return args, {}
     try:
         bound = task.signature.bind(*args, **kwargs)
     except TypeError as exc:
@@ -127,11 +124,15 @@ def decode_arguments(
                 task.signature.parameters[name].VAR_KEYWORD,
             ):
                 continue
-            try:
-                bound.arguments[name] = msgspec.convert(value, hint, strict=False)
-            except (msgspec.ValidationError, TypeError) as exc:
-                raise BadArguments(f"argument {name!r}: {exc}") from None
+            bound.arguments[name] = _convert(value, hint, name)
     return list(bound.args), dict(bound.kwargs)
+
+
+def _convert(value: Any, hint: Any, name: str) -> Any:
+    try:
+        return msgspec.convert(value, hint, strict=False)
+    except (msgspec.ValidationError, TypeError) as exc:
+        raise BadArguments(f"argument {name!r}: {exc}") from None
 
 
 async def execute(app: Stem, task: Task[Any, Any], ctx: TaskContext, invoke: Invoker) -> Outcome:

@@ -174,6 +174,7 @@ class Task(Generic[P, R]):
         #: For a signature of plain positional parameters, their annotations (None where
         #: there is none or it is Any): lets the worker skip ``Signature.bind``.
         self.positional: list[Any] | None = None
+        self.parameter_names = [p.name for p in params]
         if all(p.kind is p.POSITIONAL_OR_KEYWORD for p in params):
             self.positional = [
                 None if hints.get(p.name, Any) is Any else hints[p.name] for p in params
