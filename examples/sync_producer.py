@@ -38,7 +38,7 @@ def main() -> None:
 
     asyncio.run(work())
     print("result read synchronously:", app.wait_for_task_sync(task_ids[0], timeout=30).value)
-    app._portal.stop()
+    app.close_sync()
 
 
 if __name__ == "__main__":

@@ -345,7 +345,8 @@ def test_sync_producer_path() -> None:
     assert app.wait_for_task_sync(ref, timeout=1).value == 5
     by_name = app.enqueue_sync("add", [1, 1])
     assert app.wait_for_task_sync(by_name, timeout=1).value == 2
-    app._portal.stop()
+    app.close_sync()
+    assert app._portal._loop is None
 
 
 async def test_sync_path_refuses_inside_a_loop(app: Stem) -> None:

@@ -618,3 +618,43 @@ async def test_hard_limit_fails_a_thread_handler(real_app: Stem) -> None:
         and result.error is not None
         and result.error.type.endswith("TimeLimitExceeded")
     )
+
+
+async def test_an_unknown_payload_encoder_is_malformed_not_poison(app: Stem) -> None:
+    @app.task(name="t")
+    async def t(x: int) -> int:
+        return x
+
+    producer = Stem(app.broker, app.backend, clock=app.clock)
+    task_id = await producer.enqueue("t", [1])
+    (delivery,) = await app.broker.reserve(["default"], 1, 1)
+    await app.broker.nack(delivery)  # put it back with a body naming an encoder nobody has
+    body = delivery.message.body.replace(b'"task":"t"', b'"task":"t","args_encoder":"vault"')
+    await app.broker.purge("default")
+    await app.broker.publish(Message(id=task_id, queue="default", body=body))
+    async with app.worker():
+        result = await app.wait_for_task(task_id, timeout=10)
+    assert result.failed and result.error is not None and "vault" in result.error.message
+    assert (await dead_letters(app)) == {task_id: "malformed"}
+
+
+async def test_a_failing_wait_does_not_end_the_consumer(app: Stem, drive: Drive) -> None:
+    calls = 0
+    original = app.broker.wait_for_messages
+
+    async def flaky(queues: Any, timeout: float) -> None:
+        nonlocal calls
+        calls += 1
+        if calls <= 2:
+            raise ConnectionError("notification channel dropped")
+        await original(queues, timeout)
+
+    app.broker.wait_for_messages = flaky  # type: ignore[method-assign]
+
+    @app.task(name="t")
+    async def t() -> str:
+        return "ok"
+
+    async with app.worker():
+        await drive(lambda: calls > 2)
+        assert (await app.wait_for_task(await t.enqueue(), timeout=10)).value == "ok"

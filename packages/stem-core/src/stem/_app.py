@@ -188,6 +188,10 @@ class Stem:
                 await closer.aclose()
         self._portal.stop()
 
+    def close_sync(self) -> None:
+        """:meth:`aclose` for an app used through the ``_sync`` methods."""
+        self._portal.call(self.aclose)
+
     async def __aenter__(self) -> Stem:
         return self
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from ._codec import enc_hook
-from ._errors import Reject, Retry, SerializationError, TimeLimitExceeded
+from ._errors import DecodeError, Reject, Retry, SerializationError, TimeLimitExceeded
 from ._messages import Envelope, TaskError
 from ._task import Task, TaskContext
 
@@ -142,6 +142,8 @@ async def execute(app: Stem, task: Task[Any, Any], ctx: TaskContext, invoke: Inv
         args, kwargs = decode_arguments(app, task, envelope)
     except BadArguments as exc:
         return Outcome(OutcomeKind.DEAD, error=task_error(exc), reason="bad-arguments")
+    except DecodeError as exc:  # e.g. a payload encoder this process does not have
+        return Outcome(OutcomeKind.DEAD, error=task_error(exc), reason="malformed")
 
     async def call_handler() -> Any:
         return await invoke(task, ctx, args, kwargs)

@@ -32,7 +32,9 @@ class Portal:
         with self._lock:
             if self._loop is None:
                 loop = asyncio.new_event_loop()
-                thread = threading.Thread(target=loop.run_forever, name="stem-portal", daemon=True)
+                thread = threading.Thread(
+                    target=_serve, args=(loop,), name="stem-portal", daemon=True
+                )
                 thread.start()
                 self._loop, self._thread = loop, thread
                 atexit.register(self.stop)
@@ -52,13 +54,21 @@ class Portal:
         return asyncio.run_coroutine_threadsafe(fn(*args, **kwargs), loop).result()
 
     def stop(self) -> None:
-        """Stop and close the loop (apps call this from ``aclose``)."""
+        """Stop the loop from any thread, its own included (``close_sync`` runs on it).
+
+        The portal thread closes the loop once it has stopped.
+        """
         with self._lock:
             loop, thread = self._loop, self._thread
             self._loop = self._thread = None
-        if loop is None or thread is None:
-            return
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=5)
-        if not thread.is_alive():
-            loop.close()
+        if loop is not None:
+            loop.call_soon_threadsafe(loop.stop)
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=5)
+
+
+def _serve(loop: asyncio.AbstractEventLoop) -> None:
+    try:
+        loop.run_forever()
+    finally:
+        loop.close()

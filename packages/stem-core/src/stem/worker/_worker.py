@@ -13,6 +13,8 @@ from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 from .._errors import ConfigurationError
 from .._execute import Outcome, OutcomeKind
 from .._messages import (
@@ -315,30 +317,34 @@ class Worker:
                 continue
             try:
                 batch = await self.broker.reserve(self.queues, free, self.lease)
+                self.last_consumed_at = self.app.clock.now()
+                if not batch:
+                    await self._wait_for_messages()
+                    continue
             except Exception:
+                # A broker outage must not end the loop: log, back off, read again.
+                # Health checks see the silence in last_consumed_at.
                 log.exception("reading from the broker failed; retrying in %.1fs", backoff)
                 await _first(self.app.clock.sleep(backoff), self._stopping.wait())
                 backoff = min(backoff * 2, 5.0)
                 continue
             backoff = 0.1
-            self.last_consumed_at = self.app.clock.now()
-            if self._stopping.is_set():
+            if self._stopping.is_set():  # stopped while reading: give the batch back
                 for delivery in batch:
                     await self.broker.nack(delivery, requeue=True)
                 break
-            if not batch:
-                timeout = self.broker.poll_interval
-                due = await self.broker.next_due(self.queues)
-                if due is not None:
-                    timeout = max(0.0, min(timeout, due - self.app.clock.now()))
-                await _first(
-                    self.broker.wait_for_messages(self.queues, timeout), self._stopping.wait()
-                )
-                continue
             for delivery in batch:
                 job = Job(self, delivery, self.lease, lease_expires_at=delivery.lease_expires_at)
                 self.jobs.add(job)
                 job.task = asyncio.ensure_future(self._run_job(job))
+
+    async def _wait_for_messages(self) -> None:
+        """Wait until a message may be ready: woken by the broker, by the next due time, or by stop."""
+        timeout = self.broker.poll_interval
+        due = await self.broker.next_due(self.queues)
+        if due is not None:
+            timeout = max(0.0, min(timeout, due - self.app.clock.now()))
+        await _first(self.broker.wait_for_messages(self.queues, timeout), self._stopping.wait())
 
     async def _run_job(self, job: Job) -> None:
         try:
@@ -400,7 +406,7 @@ class Worker:
         elif outcome.kind is OutcomeKind.RETRY:
             self.counters["retried"] += 1
             countdown = max(0.0, outcome.countdown or 0.0)
-            following = envelope.__class__(**{**_fields(envelope), "attempt": envelope.attempt + 1})
+            following = msgspec.structs.replace(envelope, attempt=envelope.attempt + 1)
             await self.broker.publish(
                 retry_message(following, app.clock.now() + countdown, app.wire_format)
             )
@@ -659,7 +665,3 @@ def _describe(job: Job) -> str:
     if job.envelope is None:
         return f"message {job.delivery.message.id}"
     return f"{job.envelope.task}[{job.envelope.id}]"
-
-
-def _fields(envelope: Envelope) -> dict[str, Any]:
-    return {f: getattr(envelope, f) for f in envelope.__struct_fields__}
