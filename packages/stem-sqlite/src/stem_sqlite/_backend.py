@@ -12,7 +12,7 @@ import msgspec
 from stem import Clock
 from stem.contracts import GroupState, ResultBackend, TaskState, TaskStatus, WorkerHeartbeat
 
-from ._connection import Client, Database
+from ._connection import Client, FileStore
 from ._support import Sweeper, decode, fetchall, sweep_expired, to_json
 from ._url import (
     DEFAULT_BUSY_TIMEOUT,
@@ -30,7 +30,7 @@ _heartbeat_decoder = msgspec.json.Decoder(WorkerHeartbeat)
 _meta_decoder = msgspec.json.Decoder(dict[str, Any])
 
 
-class SqliteResultBackend(ResultBackend):
+class SqliteResultBackend(FileStore, ResultBackend):
     """Task statuses, groups, chord claims and worker heartbeats in a SQLite file.
 
     Args:
@@ -64,17 +64,6 @@ class SqliteResultBackend(ResultBackend):
         self._baselines: Baselines[str, int | None] = Baselines()
         self._sweep_statuses = Sweeper(self.clock)
         self._sweep_heartbeats = Sweeper(self.clock)
-
-    @property
-    def path(self) -> str:
-        """The database file."""
-        return self._client.options.path
-
-    def __repr__(self) -> str:
-        return f"SqliteResultBackend({self.path!r})"
-
-    async def _db(self) -> Database:
-        return await self._client.db()
 
     def _status(self, data: str, expires_at: float | None) -> TaskStatus:
         status: TaskStatus = decode(_status_decoder, data, "a task status", self.path)

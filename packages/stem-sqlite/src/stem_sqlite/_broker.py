@@ -21,7 +21,7 @@ from stem.contracts import (
 )
 
 from ._backend import SqliteResultBackend, store_statuses
-from ._connection import Client, Database
+from ._connection import Client, FileStore
 from ._support import to_json
 from ._url import (
     DEFAULT_BUSY_TIMEOUT,
@@ -92,7 +92,7 @@ def _dead_letter(row: Any) -> DeadLetter:
     )
 
 
-class SqliteBroker(Broker):
+class SqliteBroker(FileStore, Broker):
     """Messages in a SQLite file, shared by the processes of one machine.
 
     Args:
@@ -135,17 +135,6 @@ class SqliteBroker(Broker):
         # Per set of queues, the version of their signal counters the last time a reserve
         # drained them (found fewer messages than it asked for); see wait_for_messages.
         self._drained: dict[tuple[str, ...], int] = {}
-
-    @property
-    def path(self) -> str:
-        """The database file."""
-        return self._client.options.path
-
-    def __repr__(self) -> str:
-        return f"SqliteBroker({self.path!r})"
-
-    async def _db(self) -> Database:
-        return await self._client.db()
 
     # -- publishing -------------------------------------------------------------------
 

@@ -288,3 +288,20 @@ class Client:
         self._db = self._shared = self._loop = None
         if shared is not None and loop is not None:
             await _release(shared, self.options.path, loop)
+
+
+class FileStore:
+    """What every SQLite store has: its file and its (shared or own) connection."""
+
+    _client: Client
+
+    @property
+    def path(self) -> str:
+        """The database file."""
+        return self._client.options.path
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.path!r})"
+
+    async def _db(self) -> Database:
+        return await self._client.db()

@@ -11,7 +11,7 @@ import msgspec
 from stem import Clock
 from stem.contracts import LockStore, RevokeEntry, RevokeStore, ScheduleEntry, ScheduleStore
 
-from ._connection import Client, Database
+from ._connection import Client, FileStore
 from ._support import Sweeper, changed, decode, fetchall, sweep_expired, to_json
 from ._url import DEFAULT_BUSY_TIMEOUT, SqliteOptions, check_seconds, resolve_path
 
@@ -30,7 +30,7 @@ def _client(path: str | os.PathLike[str], busy_timeout: float, share: bool) -> C
     )
 
 
-class SqliteLockStore(LockStore):
+class SqliteLockStore(FileStore, LockStore):
     """Named leases with an owner and an expiry; each call is one atomic statement.
 
     Args:
@@ -52,16 +52,6 @@ class SqliteLockStore(LockStore):
         super().__init__(clock=clock)
         self._client = _client(path, busy_timeout, share_connection)
         self._sweeper = Sweeper(self.clock)
-
-    @property
-    def path(self) -> str:
-        return self._client.options.path
-
-    def __repr__(self) -> str:
-        return f"SqliteLockStore({self.path!r})"
-
-    async def _db(self) -> Database:
-        return await self._client.db()
 
     async def acquire(self, key: str, owner: str, ttl: float) -> bool:
         now = self.clock.now()
@@ -124,7 +114,7 @@ def _acquire_and_sweep(
     return won
 
 
-class SqliteRevokeStore(RevokeStore):
+class SqliteRevokeStore(FileStore, RevokeStore):
     """Revocations that outlive worker restarts.
 
     Args:
@@ -146,16 +136,6 @@ class SqliteRevokeStore(RevokeStore):
         super().__init__(clock=clock)
         self._client = _client(path, busy_timeout, share_connection)
         self._sweeper = Sweeper(self.clock)
-
-    @property
-    def path(self) -> str:
-        return self._client.options.path
-
-    def __repr__(self) -> str:
-        return f"SqliteRevokeStore({self.path!r})"
-
-    async def _db(self) -> Database:
-        return await self._client.db()
 
     async def revoke(self, entry: RevokeEntry) -> None:
         db = await self._db()
@@ -213,7 +193,7 @@ def _store_revoke(
         sweep_expired(conn, "stem_revokes", "rowid", now)
 
 
-class SqliteScheduleStore(ScheduleStore):
+class SqliteScheduleStore(FileStore, ScheduleStore):
     """Beat entries; ``due`` reads an index of enabled entries by next run time.
 
     Args:
@@ -234,16 +214,6 @@ class SqliteScheduleStore(ScheduleStore):
     ) -> None:
         super().__init__(clock=clock)
         self._client = _client(path, busy_timeout, share_connection)
-
-    @property
-    def path(self) -> str:
-        return self._client.options.path
-
-    def __repr__(self) -> str:
-        return f"SqliteScheduleStore({self.path!r})"
-
-    async def _db(self) -> Database:
-        return await self._client.db()
 
     def _entry(self, data: str) -> ScheduleEntry:
         entry: ScheduleEntry = decode(_schedule_decoder, data, "a schedule entry", self.path)
