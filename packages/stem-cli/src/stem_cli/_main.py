@@ -93,11 +93,7 @@ def worker(
     loglevel: str,
 ) -> None:
     """Run a worker until SIGTERM/SIGINT (twice to stop at once)."""
-    logging.basicConfig(
-        level=loglevel.upper(),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    _configure_logging(loglevel)
     app = load_app(app_spec)
     the_worker = app.worker(
         queues=list(queues) or None,
@@ -119,6 +115,21 @@ def worker(
 
 
 cli.add_command(demo)
+
+
+def _configure_logging(level: str) -> None:
+    # The worker logs a line per task, so a log record must be cheap. These switches
+    # come from the logging HOWTO's "Optimization" section: the format below prints
+    # no caller, thread or process, so they need not be collected.
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
 
 
 def main() -> None:

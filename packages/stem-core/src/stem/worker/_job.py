@@ -95,8 +95,11 @@ class Job:
                 return
             if delay > 0:
                 await app.clock.sleep(delay)
-        async with worker.run_slot():
+        await worker.acquire_slot()
+        try:
             await self._run(task, envelope)
+        finally:
+            worker.release_slot()
 
     async def _run(self, task: Task[Any, Any], envelope: Envelope) -> None:
         worker, app = self.worker, self.worker.app

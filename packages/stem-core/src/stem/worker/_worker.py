@@ -9,7 +9,7 @@ import os
 import signal
 import socket
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -138,7 +138,7 @@ class Worker:
         self.started_at = 0.0
         self.last_consumed_at: float | None = None
         self._running = 0
-        self._slots = asyncio.Condition()
+        self._slot_freed = asyncio.Event()
         self._room = asyncio.Event()
         self._stopping = asyncio.Event()
         self._stopped = asyncio.Event()
@@ -153,7 +153,6 @@ class Worker:
         self._force = asyncio.Event()
         self._shutdown: asyncio.Task[None] | None = None
         self._signal_stop: asyncio.Task[None] | None = None
-        self._resized: asyncio.Task[None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -360,18 +359,16 @@ class Worker:
             self.jobs.discard(job)
             self._room.set()
 
-    @contextlib.asynccontextmanager
-    async def run_slot(self) -> AsyncIterator[None]:
-        """Hold one of ``concurrency`` running slots (the hard cap on running handlers)."""
-        async with self._slots:
-            await self._slots.wait_for(lambda: self._running < self.concurrency)
-            self._running += 1
-        try:
-            yield
-        finally:
-            async with self._slots:
-                self._running -= 1
-                self._slots.notify()
+    async def acquire_slot(self) -> None:
+        """Take one of ``concurrency`` running slots (the hard cap on running handlers)."""
+        while self._running >= self.concurrency:
+            self._slot_freed.clear()
+            await self._slot_freed.wait()
+        self._running += 1
+
+    def release_slot(self) -> None:
+        self._running -= 1
+        self._slot_freed.set()
 
     def pool_for(self, task: Task[Any, Any]) -> PoolKind:
         if task.is_async:
@@ -644,11 +641,7 @@ class Worker:
             log.info("worker %s concurrency %d -> %d", self.id, self.concurrency, value)
             self.concurrency = value
             self._room.set()
-            self._resized = asyncio.ensure_future(self._notify_slots())
-
-    async def _notify_slots(self) -> None:
-        async with self._slots:
-            self._slots.notify_all()
+            self._slot_freed.set()
 
 
 async def _first(*awaitables: Any) -> None:
