@@ -127,17 +127,6 @@ def decode_envelope(body: bytes) -> Envelope:
         raise DecodeError(f"message body is not a Stem envelope: {exc}") from exc
 
 
-def encode_value(value: Any, wire_format: WireFormat = "json") -> bytes:
-    """Encode one value with the wire format (used by stores for results)."""
-    encoder = _json_encoder if wire_format == "json" else _msgpack_encoder
-    try:
-        return encoder.encode(value)
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise SerializationError(
-            f"value of type {type(value).__name__} cannot be serialized: {exc}"
-        ) from exc
-
-
 def _explain(
     envelope: Envelope, encoder: msgspec.json.Encoder | msgspec.msgpack.Encoder, exc: Exception
 ) -> SerializationError:

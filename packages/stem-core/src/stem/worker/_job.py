@@ -47,7 +47,6 @@ class Job:
     started_at: float = 0.0
     lease_expires_at: float = 0.0
     interrupt: Callable[[BaseException], None] | None = None
-    child_pid: int | None = None
     task: asyncio.Task[None] | None = field(default=None, repr=False)
 
     # -- the pipeline ------------------------------------------------------------------
@@ -220,7 +219,6 @@ class Job:
         pool = self.worker.processes
 
         def on_child(pid: int) -> None:
-            self.child_pid = pid
             self.interrupt = lambda exc: pool.kill_running(pid)
 
         return await pool.run(

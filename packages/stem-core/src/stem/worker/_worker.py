@@ -110,7 +110,7 @@ class Worker:
         self.broker = app.broker
         self.queues = list(queues or [app.default_queue])
         self.min_concurrency, self.max_concurrency = low, high
-        self.concurrency = low if low != high else high
+        self.concurrency = low
         self.pool = pool
         self.prefetch = prefetch
         self.lease = lease
@@ -264,9 +264,6 @@ class Worker:
         # If the body failed, do not wait out the grace period: running tasks go back
         # to the queue (never lost) and the error surfaces at once.
         await self.stop(grace_period=0 if exc_type is not None else None)
-
-    async def wait_stopped(self) -> None:
-        await self._stopped.wait()
 
     # -- health and stats --------------------------------------------------------------------
 
