@@ -9,7 +9,7 @@ import asyncio
 
 from stem import SoftTimeLimitExceeded, Stem
 
-app = Stem.from_url()
+app = Stem.from_url("sqlite:///.stem/examples/process_pool.db")  # its own file
 
 
 @app.task(name="math.primes", pool="process")

@@ -2,7 +2,8 @@
 
     uv run python examples/quickstart.py
 
-Uses the embedded default (SQLite in ./.stem/stem.db): no server needed.
+Runs on SQLite, a file (here ./.stem/examples/quickstart.db, its own): no server needed.
+An app built with no URL at all, ``Stem.from_url()``, uses ./.stem/stem.db.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 
 from stem import Stem, TaskContext
 
-app = Stem.from_url()  # no URL: sqlite:///.stem/stem.db
+app = Stem.from_url("sqlite:///.stem/examples/quickstart.db")
 
 
 @dataclass

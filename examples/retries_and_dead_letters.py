@@ -9,7 +9,7 @@ import asyncio
 
 from stem import Stem
 
-app = Stem.from_url()
+app = Stem.from_url("sqlite:///.stem/examples/retries_and_dead_letters.db")  # its own file
 service_up = False
 
 
@@ -22,7 +22,6 @@ async def sync_inventory(sku: str) -> str:
 
 async def main() -> None:
     global service_up
-    await app.broker.purge_dead_letters("default")
     async with app.worker():
         ref = await sync_inventory.enqueue("SKU-1")
         result = await app.wait_for_task(ref, timeout=30)

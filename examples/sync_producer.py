@@ -9,7 +9,8 @@ import asyncio
 
 from stem import Stem
 
-app = Stem.from_url()
+URL = "sqlite:///.stem/examples/sync_producer.db"  # its own file; the worker opens it too
+app = Stem.from_url(URL)
 
 
 @app.task(name="mail.welcome")
@@ -29,7 +30,7 @@ def main() -> None:
 
     # Normally a `stem worker` process runs these; here a worker runs for a moment.
     async def work() -> None:
-        worker_app = Stem.from_url()
+        worker_app = Stem.from_url(URL)
         worker_app.task(name="mail.welcome")(send_welcome.fn)
         async with worker_app.worker():
             for task_id in task_ids:

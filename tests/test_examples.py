@@ -1,13 +1,22 @@
-"""Every program under examples/ runs, in a fresh directory, and says what it should."""
+"""Every program under examples/ runs, in a fresh directory, and says what it should.
+
+Each example keeps its data in its own file, ./.stem/examples/<name>.db, and leaves
+everyone else's alone: the demo's and your app's ./.stem/stem.db, and whatever else is
+in its own file.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from stem import Stem
+from stem.contracts import Message
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -31,12 +40,36 @@ def test_every_example_is_checked() -> None:
     assert sorted(p.name for p in EXAMPLES.glob("*.py")) == sorted(EXPECTED)
 
 
+async def _leave_a_dead_letter(path: Path, message_id: str) -> None:
+    app = Stem.from_url(f"sqlite:///{path}")
+    try:
+        await app.broker.publish(
+            Message(id=message_id, queue="default", body=b"someone else's", priority=0, eta=None)
+        )
+        (delivery,) = await app.broker.reserve(["default"], 1, 30)
+        assert await app.broker.dead_letter(delivery, "kept-for-later")
+    finally:
+        await app.aclose()
+
+
+async def _dead_letter_ids(path: Path) -> set[str]:
+    app = Stem.from_url(f"sqlite:///{path}")
+    try:
+        return {letter.message.id for letter in await app.broker.list_dead_letters("default")}
+    finally:
+        await app.aclose()
+
+
 @pytest.mark.processes
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_example_runs(name: str, tmp_path: Path) -> None:
+    own = tmp_path / ".stem" / "examples" / name.replace(".py", ".db")
+    shared = tmp_path / ".stem" / "stem.db"
+    for path in (own, shared):
+        asyncio.run(_leave_a_dead_letter(path, f"other-{path.stem}"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("STEM_")}
     done = subprocess.run(
-        [sys.executable, str(EXAMPLES / name)],
+        [sys.executable, "-W", "error", str(EXAMPLES / name)],  # StemWarning included
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -46,4 +79,6 @@ def test_example_runs(name: str, tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     for line in EXPECTED[name]:
         assert line in done.stdout, f"{line!r} not in:\n{done.stdout}\n{done.stderr}"
-    assert (tmp_path / ".stem" / "stem.db").exists()  # ran on the embedded default
+    for path in (own, shared):  # nobody else's data was touched
+        assert f"other-{path.stem}" in asyncio.run(_dead_letter_ids(path)), path
+    assert asyncio.run(_dead_letter_ids(shared)) == {"other-stem"}  # it ran on its own file

@@ -37,6 +37,22 @@ class TestSqliteBroker(BrokerContract):
         yield other
         await other.aclose()
 
+    @pytest.fixture
+    async def companion_backend(
+        self, broker: SqliteBroker, clock: Clock
+    ) -> AsyncIterator[SqliteResultBackend]:
+        backend = SqliteResultBackend(broker.path, clock=clock)  # the same file: one transaction
+        yield backend
+        await backend.aclose()
+
+    @pytest.fixture
+    async def companion_locks(
+        self, broker: SqliteBroker, clock: Clock
+    ) -> AsyncIterator[SqliteLockStore]:
+        locks = SqliteLockStore(broker.path, clock=clock)
+        yield locks
+        await locks.aclose()
+
 
 class TestSqliteResultBackend(ResultBackendContract):
     @pytest.fixture

@@ -107,8 +107,9 @@ def test_missing_adapter_names_the_package(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setattr(
         _registry, "_entry_point_schemes", lambda: {"memory": "stem.memory:adapter"}
     )
-    with pytest.raises(UnknownSchemeError, match="pip install stem-redis"):
-        Stem.from_url("redis://localhost:6379/0")
+    monkeypatch.setattr(_registry, "_registered", {})  # as if sqlite was never loaded
+    with pytest.raises(UnknownSchemeError, match="pip install stem-sqlite"):
+        Stem.from_url("sqlite:///stem.db")
 
 
 @pytest.mark.parametrize("url", ["localhost:6379", "not a url", "", "memory:"])

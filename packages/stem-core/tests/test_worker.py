@@ -426,7 +426,7 @@ async def test_graceful_shutdown_finishes_running_and_returns_prefetched(
     await stopping
     states = [await state_of(app, r) for r in refs]
     assert states[:2] == [TaskState.SUCCEEDED, TaskState.SUCCEEDED]
-    assert states[2:] == [None, None]
+    assert states[2:] == [TaskState.QUEUED, TaskState.QUEUED]  # given back, not started
     assert (await app.broker.queue_stats("default")).pending == 2
 
 

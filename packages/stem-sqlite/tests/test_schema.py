@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from stem import AdapterError, FakeClock, SchemaVersionError
-from stem.contracts import Message
-from stem_sqlite import SCHEMA_VERSION, SqliteBroker, SqliteResultBackend
+from stem.contracts import Message, RevokeEntry
+from stem_sqlite import SCHEMA_VERSION, SqliteBroker, SqliteResultBackend, SqliteRevokeStore
 from stem_sqlite._schema import migrations, split_statements
 
 pytestmark = pytest.mark.sqlite
@@ -271,3 +271,31 @@ async def test_a_failed_open_is_retried_on_the_next_use(tmp_path: Path) -> None:
     blocker.unlink()
     assert await broker.pending_count("q") == 0
     await broker.aclose()
+
+
+async def test_version_1_revocations_are_numbered_in_their_old_order(db_path: Path) -> None:
+    # Given a file at schema version 1 holding two revocations
+    with sqlite3.connect(db_path) as conn:
+        conn.execute(
+            "CREATE TABLE stem_schema (id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER NOT NULL)"
+        )
+        for statement in migrations()[0].statements:
+            conn.execute(statement)
+        conn.execute("INSERT INTO stem_schema (id, version) VALUES (1, 1)")
+        for task_id, at in (("late", 20.0), ("early", 10.0)):
+            conn.execute(
+                "INSERT INTO stem_revokes (task_id, revoked_at, expires_at, data) VALUES (?, ?, NULL, ?)",
+                (task_id, at, f'{{"task_id":"{task_id}","revoked_at":{at}}}'),
+            )
+    # When a current store opens it, the migration numbers them oldest first
+    store = SqliteRevokeStore(db_path, clock=FakeClock())
+    try:
+        listed = await store.list()
+        assert [(e.task_id, e.seq) for e in listed] == [("early", 1), ("late", 2)]
+        # and a new revocation comes after them
+        new = await store.revoke(RevokeEntry(task_id="new", revoked_at=5.0))
+        assert new.seq == 3
+        assert [e.task_id for e in await store.list(since=2)] == ["new"]
+    finally:
+        await store.aclose()
+    assert schema_version(db_path) == SCHEMA_VERSION

@@ -53,14 +53,13 @@ async def test_expired_locks_are_swept_by_a_later_acquire(db_path: Path, clock: 
 
 async def test_revocations_survive_a_restart(db_path: Path, clock: FakeClock) -> None:
     first = SqliteRevokeStore(db_path, clock=clock)
-    await first.revoke(RevokeEntry(task_id="t1", terminate=True, revoked_at=clock.now()))
+    stored = await first.revoke(RevokeEntry(task_id="t1", terminate=True, revoked_at=clock.now()))
     await first.aclose()
     second = SqliteRevokeStore(db_path, clock=clock)
     try:
         assert await second.is_revoked("t1")
-        assert await second.list() == [
-            RevokeEntry(task_id="t1", terminate=True, revoked_at=clock.now())
-        ]
+        assert await second.list() == [stored]
+        assert stored.seq == 1
     finally:
         await second.aclose()
 

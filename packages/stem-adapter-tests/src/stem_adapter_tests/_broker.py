@@ -11,8 +11,18 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from stem import Clock
-from stem.contracts import Broker, Delivery, Message, QueueStats, TaskState, TaskStatus
-from stem.memory import MemoryResultBackend
+from stem.contracts import (
+    Broker,
+    Delivery,
+    LockStore,
+    Message,
+    QueueStats,
+    ResultBackend,
+    TaskState,
+    TaskStatus,
+    UniqueClaim,
+)
+from stem.memory import MemoryLockStore, MemoryResultBackend
 
 from ._broker_model import run_broker_model
 from ._support import ContractSuite, requires, unique
@@ -89,6 +99,17 @@ class BrokerContract(ContractSuite):
     def queue(self) -> str:
         """A queue name of this test's own."""
         return unique("queue")
+
+    @pytest.fixture
+    def companion_backend(self, broker: Broker, clock: Clock) -> ResultBackend:
+        """The result backend an app pairs with this broker (override to share its store,
+        so that :meth:`Broker.enqueue` and :meth:`Broker.settle` take their one-write path)."""
+        return MemoryResultBackend(clock=clock)
+
+    @pytest.fixture
+    def companion_locks(self, broker: Broker, clock: Clock) -> LockStore:
+        """The lock store an app pairs with this broker (override to share its store)."""
+        return MemoryLockStore(clock=clock)
 
     async def stats(self, broker: Broker, queue: str) -> tuple[int, int, int, int]:
         """(pending, delayed, inflight, dead) of ``queue``."""
@@ -197,6 +218,83 @@ class BrokerContract(ContractSuite):
         for delivery in deliveries:
             stored = await backend.get_status(delivery.message.id)
             assert stored is not None and stored.state is TaskState.SUCCEEDED
+
+    # -- enqueue: messages with their statuses and unique claims ------------------------
+
+    async def test_enqueue_stores_queued_statuses_with_the_messages(
+        self, broker: Broker, queue: str, companion_backend: ResultBackend
+    ) -> None:
+        sent = [message(queue), message(queue)]
+        statuses = [(TaskStatus(id=m.id, state=TaskState.QUEUED, queue=queue), None) for m in sent]
+        assert await broker.enqueue(sent, statuses, companion_backend) == [None, None]
+        for m in sent:
+            stored = await companion_backend.get_status(m.id)
+            assert stored is not None and stored.state is TaskState.QUEUED
+        assert sorted(ids(await broker.reserve([queue], 10, HOLD))) == sorted(m.id for m in sent)
+
+    async def test_enqueue_a_held_claim_is_a_duplicate_and_not_published(
+        self,
+        broker: Broker,
+        queue: str,
+        companion_backend: ResultBackend,
+        companion_locks: LockStore,
+    ) -> None:
+        claim = UniqueClaim(key=unique("claim"), ttl=HOLD)
+        first, second = message(queue), message(queue)
+
+        async def enqueue(m: Message) -> list[str | None]:
+            status = (TaskStatus(id=m.id, state=TaskState.QUEUED), None)
+            return await broker.enqueue(
+                [m], [status], companion_backend, claims=[claim], locks=companion_locks
+            )
+
+        assert await enqueue(first) == [None]
+        assert await companion_locks.owner_of(claim.key) == first.id
+        # The second holds no claim: it is neither published nor given a status
+        assert await enqueue(second) == [first.id]
+        assert await companion_backend.get_status(second.id) is None
+        assert ids(await broker.reserve([queue], 10, HOLD)) == [first.id]
+
+    async def test_enqueue_one_batch_with_one_claim_twice_publishes_the_first(
+        self,
+        broker: Broker,
+        queue: str,
+        companion_backend: ResultBackend,
+        companion_locks: LockStore,
+    ) -> None:
+        claim = UniqueClaim(key=unique("claim"), ttl=HOLD)
+        first, second = message(queue), message(queue)
+        statuses = [(TaskStatus(id=m.id, state=TaskState.QUEUED), None) for m in (first, second)]
+        got = await broker.enqueue(
+            [first, second],
+            statuses,
+            companion_backend,
+            claims=[claim, claim],
+            locks=companion_locks,
+        )
+        assert got == [None, first.id]
+        assert ids(await broker.reserve([queue], 10, HOLD)) == [first.id]
+
+    async def test_enqueue_takes_over_a_claim_whose_task_does_not_exist(
+        self,
+        broker: Broker,
+        queue: str,
+        companion_backend: ResultBackend,
+        companion_locks: LockStore,
+    ) -> None:
+        # Given a claim left by a producer that died before it published
+        claim = UniqueClaim(key=unique("claim"), ttl=HOLD)
+        assert await companion_locks.acquire(claim.key, "never-published", HOLD)
+        # When a new task makes the same claim
+        m = message(queue)
+        status = (TaskStatus(id=m.id, state=TaskState.QUEUED), None)
+        got = await broker.enqueue(
+            [m], [status], companion_backend, claims=[claim], locks=companion_locks
+        )
+        # Then the dead claim is not honoured: the new task is published and holds it
+        assert got == [None]
+        assert await companion_locks.owner_of(claim.key) == m.id
+        assert ids(await broker.reserve([queue], 10, HOLD)) == [m.id]
 
     async def test_ack_many_counts_only_current_deliveries(
         self, broker: Broker, queue: str
@@ -557,6 +655,30 @@ class BrokerContract(ContractSuite):
         # An empty selection replays nothing (it does not mean "all")
         assert await broker.replay_dead_letters(queue, []) == 0
         assert await self.stats(broker, queue) == (0, 0, 2, 1)
+
+    async def test_replay_is_a_fresh_start_for_the_delivery_count(
+        self, broker: Broker, queue: str
+    ) -> None:
+        # Given a message delivered three times, then dead-lettered
+        m = message(queue)
+        await broker.publish(m)
+        for _ in range(2):
+            [d] = await broker.reserve([queue], 1, HOLD)
+            assert await broker.nack(d, requeue=True)
+        [d] = await broker.reserve([queue], 1, HOLD)
+        assert d.deliveries == 3
+        assert await broker.dead_letter(d, "poison")
+        # When it is replayed, its count starts again (the poison check counts from here)
+        assert await broker.replay_dead_letters(queue, [m.id]) == 1
+        [again] = await broker.reserve([queue], 1, HOLD)
+        assert again.deliveries == 1
+        assert again.message.body == m.body
+
+    async def test_replay_can_replace_bodies(self, broker: Broker, queue: str) -> None:
+        a, b = await self.dead_lettered(broker, queue, 2)
+        assert await broker.replay_dead_letters(queue, bodies={a.id: b"rewritten"}) == 2
+        got = {d.message.id: d.message.body for d in await broker.reserve([queue], 10, HOLD)}
+        assert got == {a.id: b"rewritten", b.id: b.body}
 
     @requires("delayed")
     async def test_replay_with_delay_is_invisible_until_due(

@@ -6,11 +6,15 @@ import asyncio
 import logging
 import re
 import sys
+import traceback
 
 import click
 
+from stem import ConfigurationError, StemError
+
 from ._demo import demo
 from ._loading import load_app
+from ._options import SetupError, StoppedOnError, url_option
 
 __all__ = ["cli", "main"]
 
@@ -34,8 +38,23 @@ def _concurrency(value: str) -> int | tuple[int, int]:
     return low if low == high else (low, high)
 
 
+def _pool(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value == "async":
+        raise click.BadParameter(
+            "async handlers always run on the worker's event loop; --pool chooses where "
+            "plain-function tasks run: thread or process"
+        )
+    if value not in (None, "thread", "process"):
+        raise click.BadParameter(f"{value!r} is not a pool: use thread or process")
+    return value
+
+
 @cli.command()
 @click.option("--app", "app_spec", required=True, envvar="STEM_APP", help=_APP_HELP)
+@url_option(
+    "Run the app's tasks on this broker (and backend, unless STEM_BACKEND_URL says "
+    "otherwise) instead of the stores the app was built with. Env: STEM_URL."
+)
 @click.option(
     "-Q",
     "--queue",
@@ -52,9 +71,11 @@ def _concurrency(value: str) -> int | tuple[int, int]:
 )
 @click.option(
     "--pool",
-    type=click.Choice(["async", "thread", "process"]),
     default=None,
-    help="Pool for plain-function tasks.",
+    metavar="thread|process",
+    callback=_pool,
+    help="Run every plain-function task in this pool instead of its own choice "
+    "(async handlers always run on the event loop).",
 )
 @click.option(
     "--prefetch", default=0, show_default=True, help="Messages to hold beyond free slots."
@@ -81,8 +102,12 @@ def _concurrency(value: str) -> int | tuple[int, int]:
     show_default=True,
     type=click.Choice(["debug", "info", "warning", "error"]),
 )
+@click.option(
+    "-v", "--verbose", is_flag=True, help="Print tracebacks of errors (also with -l debug)."
+)
 def worker(
     app_spec: str,
+    url: str | None,
     queues: tuple[str, ...],
     concurrency: str,
     pool: str | None,
@@ -91,27 +116,50 @@ def worker(
     max_deliveries: int,
     heartbeat_interval: float,
     loglevel: str,
+    verbose: bool,
 ) -> None:
-    """Run a worker until SIGTERM/SIGINT (twice to stop at once)."""
+    """Run a worker until SIGTERM/SIGINT (twice to stop at once).
+
+    Exit codes: 0 after a clean stop, 1 when the worker stops on an error, 2 for bad
+    options or an app that cannot be loaded.
+    """
     _configure_logging(loglevel)
-    app = load_app(app_spec)
-    the_worker = app.worker(
-        queues=list(queues) or None,
-        concurrency=_concurrency(concurrency),
-        pool=pool,
-        prefetch=prefetch,
-        grace_period=grace_period,
-        max_deliveries=max_deliveries,
-        heartbeat_interval=heartbeat_interval,
-    )
+    verbose = verbose or loglevel == "debug"
+    app = load_app(app_spec, verbose=verbose)
+    slots = _concurrency(concurrency)
 
     async def serve() -> None:
         try:
+            if url is not None:
+                await app.use_url(url)
+            the_worker = app.worker(
+                queues=list(queues) or None,
+                concurrency=slots,
+                pool=pool,
+                prefetch=prefetch,
+                grace_period=grace_period,
+                max_deliveries=max_deliveries,
+                heartbeat_interval=heartbeat_interval,
+            )
             await the_worker.run()
         finally:
             await app.aclose()
 
-    asyncio.run(serve())
+    try:
+        asyncio.run(serve())
+    except ConfigurationError as exc:  # an option or URL the worker cannot use
+        raise _one_line(exc, verbose, SetupError) from None
+    except StemError as exc:
+        raise _one_line(exc, verbose, StoppedOnError) from None
+
+
+def _one_line(
+    exc: StemError, verbose: bool, kind: type[click.ClickException]
+) -> click.ClickException:
+    """The error in one line; its traceback first only when asked for."""
+    if verbose:
+        click.echo("".join(traceback.format_exception(exc)).rstrip(), err=True)
+    return kind(f"{type(exc).__name__}: {exc}")
 
 
 cli.add_command(demo)

@@ -19,8 +19,10 @@ from __future__ import annotations
 from ._app import DEFAULT_URL, Stem
 from ._clock import Clock, FakeClock, SystemClock
 from ._codec import EncoderRegistry, JsonPayloadEncoder, PayloadEncoder
+from ._deadletters import DeadLetters
 from ._errors import (
     AdapterError,
+    ArgumentError,
     ConfigurationError,
     DecodeError,
     Reject,
@@ -29,13 +31,17 @@ from ._errors import (
     SerializationError,
     SoftTimeLimitExceeded,
     StemError,
+    StemWarning,
+    StoreLostError,
     TaskTimeoutError,
+    TimeLimitExceeded,
     UnknownSchemeError,
     UnknownTaskError,
 )
 from ._hooks import Hooks
 from ._messages import (
     DeadLetter,
+    DeadLetterView,
     Envelope,
     TaskError,
     TaskResult,
@@ -52,9 +58,12 @@ __version__ = "0.1.0"
 __all__ = [
     "DEFAULT_URL",
     "AdapterError",
+    "ArgumentError",
     "Clock",
     "ConfigurationError",
     "DeadLetter",
+    "DeadLetterView",
+    "DeadLetters",
     "DecodeError",
     "EncoderRegistry",
     "Envelope",
@@ -71,6 +80,8 @@ __all__ = [
     "SoftTimeLimitExceeded",
     "Stem",
     "StemError",
+    "StemWarning",
+    "StoreLostError",
     "SystemClock",
     "Task",
     "TaskCall",
@@ -82,6 +93,7 @@ __all__ = [
     "TaskState",
     "TaskStatus",
     "TaskTimeoutError",
+    "TimeLimitExceeded",
     "UnknownSchemeError",
     "UnknownTaskError",
     "WorkerHeartbeat",

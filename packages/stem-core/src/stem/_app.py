@@ -14,10 +14,19 @@ import msgspec
 
 from ._clock import Clock, SystemClock
 from ._codec import EncoderRegistry, PayloadEncoder, WireFormat, decode_envelope, encode_envelope
+from ._deadletters import DeadLetters
 from ._errors import ConfigurationError, UnknownTaskError
 from ._execute import Outcome, OutcomeKind, execute
 from ._hooks import Hooks
-from ._messages import Envelope, Message, RevokeEntry, TaskResult, TaskState, TaskStatus
+from ._messages import (
+    Envelope,
+    Message,
+    RevokeEntry,
+    TaskResult,
+    TaskState,
+    TaskStatus,
+    UniqueClaim,
+)
 from ._options import (
     PoolKind,
     RetryStrategy,
@@ -29,9 +38,17 @@ from ._options import (
 )
 from ._portal import Portal
 from ._registry import get_adapter
-from ._task import NamedTask, Task, TaskCall, TaskContext, TaskRef, task_name
+from ._task import NamedTask, Task, TaskCall, TaskContext, TaskRef, check_call_shape, task_name
 from ._unique import UniqueCoordinator
-from .contracts import Broker, LockStore, ResultBackend, RevokeStore, ScheduleStore, WorkflowStore
+from .contracts import (
+    Broker,
+    LockStore,
+    ResultBackend,
+    RevokeStore,
+    ScheduleStore,
+    WorkflowStore,
+    claim_unique,
+)
 
 if TYPE_CHECKING:
     from .worker import Worker
@@ -73,6 +90,8 @@ class Stem:
         encoders: extra payload encoders (their ids travel with each message).
         wire_format: ``"json"`` (default) or ``"msgpack"`` for message bodies.
         eager: run each task inline at enqueue (unit tests), through the real encoding.
+        revoke_ttl: how long a revocation lasts (seconds, default a day): past it, the
+            task id is forgotten, so a long-lived worker's set of revoked ids stays bounded.
     """
 
     def __init__(
@@ -89,6 +108,7 @@ class Stem:
         wire_format: WireFormat = "json",
         default_queue: str = "default",
         eager: bool = False,
+        revoke_ttl: float | timedelta = 86400.0,
     ) -> None:
         from .memory import MemoryLockStore, MemoryResultBackend, MemoryRevokeStore
 
@@ -111,10 +131,20 @@ class Stem:
         self.wire_format: WireFormat = wire_format
         self.default_queue = check_queue(default_queue)
         self.eager = eager
+        ttl = seconds(revoke_ttl, "revoke_ttl")
+        if ttl is None or ttl <= 0:
+            raise ConfigurationError(f"revoke_ttl must be a positive duration, not {revoke_ttl!r}")
+        self.revoke_ttl = ttl
         self.tasks: dict[str, Task[Any, Any]] = {}
         self.hooks = Hooks()
         self.unique = UniqueCoordinator(self.lock_store)
+        #: The broker's dead letters, decoded for reading; replay is a fresh start.
+        self.dead_letters = DeadLetters(self)
         self._portal = Portal()
+        #: The broker's and the backend's URLs when built by :meth:`from_url` (None when
+        #: the stores were passed in); they may hold a password, so do not print them as is.
+        self.url: str | None = None
+        self.backend_url: str | None = None
 
     # -- construction ---------------------------------------------------------------------
 
@@ -143,7 +173,7 @@ class Stem:
         workflow_url = workflow_store or os.environ.get("STEM_WORKFLOW_URL") or backend_url
         broker_adapter, backend_adapter = get_adapter(broker_url), get_adapter(backend_url)
         workflow_adapter = get_adapter(workflow_url)
-        return cls(
+        app = cls(
             broker_adapter.broker(broker_url, clock=clock),
             backend_adapter.result_backend(backend_url, clock=clock),
             lock_store=backend_adapter.lock_store(backend_url, clock=clock),
@@ -153,6 +183,31 @@ class Stem:
             clock=clock,
             **kwargs,
         )
+        app.url, app.backend_url = broker_url, backend_url
+        return app
+
+    async def use_url(self, url: str) -> None:
+        """Move this app onto the stores ``url`` names, built as :meth:`from_url` builds
+        them (``$STEM_BACKEND_URL`` and ``$STEM_WORKFLOW_URL`` still apply), keeping its
+        tasks, hooks and settings; the stores it had are closed.
+
+        ``stem worker --url`` uses it: the app object stays the same, so handlers that
+        enqueue through it reach the new broker too. Call it before the app is used.
+        """
+        fresh = Stem.from_url(url, clock=self.clock)
+        old: list[
+            Broker | ResultBackend | LockStore | RevokeStore | WorkflowStore | ScheduleStore
+        ] = [self.broker, self.backend, self.lock_store, self.revoke_store]
+        for store in (self._workflow_store, self._schedule_store):
+            if isinstance(store, WorkflowStore | ScheduleStore):
+                old.append(store)
+        self.broker, self.backend = fresh.broker, fresh.backend
+        self.lock_store, self.revoke_store = fresh.lock_store, fresh.revoke_store
+        self._workflow_store, self._schedule_store = fresh._workflow_store, fresh._schedule_store
+        self.unique = UniqueCoordinator(self.lock_store)
+        self.url, self.backend_url = fresh.url, fresh.backend_url
+        for closer in {id(closer): closer for closer in old}.values():
+            await closer.aclose()
 
     @property
     def workflow_store(self) -> WorkflowStore:
@@ -291,10 +346,11 @@ class Stem:
         headers, meta, task_id, max_retries, unique_key.
 
         Raises:
+            ArgumentError: (a TypeError) the arguments do not fit the task, if it is
+                registered here (else only their shape is checked).
             SerializationError: (a TypeError) an argument cannot be serialized.
         """
-        if not isinstance(args, Sequence) or isinstance(args, str | bytes):
-            raise TypeError("args must be a list or tuple of positional arguments")
+        check_call_shape(args, kwargs or {})
         task = self.tasks.get(name)
         if task is not None:
             task.check_arguments(tuple(args), kwargs or {})
@@ -318,6 +374,7 @@ class Stem:
         **options: Any,
     ) -> TaskCall[Any, Any]:
         """A call of a task by name, for :meth:`enqueue_many` from a process without its handler."""
+        check_call_shape(args, kwargs or {})
         task = self.tasks.get(name)
         if task is not None:
             return task.call(*args, **(kwargs or {})).options(**options)
@@ -332,43 +389,62 @@ class Stem:
         self, calls: Sequence[tuple[str, tuple[Any, ...], dict[str, Any], Mapping[str, Any]]]
     ) -> list[str]:
         now = self.clock.now()
-        envelopes: list[tuple[Envelope, TaskOptions | None, str | None]] = []
-        for name, args, kwargs, overrides in calls:
-            envelopes.append(self._build(name, args, kwargs, overrides, now))
-        ids: list[str] = []
-        messages: list[Message] = []
-        published: list[Envelope] = []
-        for envelope, opts, unique_key in envelopes:
+        built = [
+            self._build(name, args, kwargs, overrides, now)
+            for name, args, kwargs, overrides in calls
+        ]
+        envelopes: list[Envelope] = []
+        claims: list[UniqueClaim | None] = []
+        for envelope, opts, unique_key in built:
             if self.hooks.has("before_enqueue"):
                 await self.hooks.emit("before_enqueue", envelope=envelope)
-            body = encode_envelope(envelope, self.wire_format)
-            if (opts is not None and opts.unique) or unique_key is not None:
-                existing = await self.unique.claim(envelope, opts, unique_key, now)
-                if existing is not None:
-                    ids.append(existing)
-                    await self.hooks.emit("on_duplicate", envelope=envelope, existing_id=existing)
-                    continue
-                body = encode_envelope(envelope, self.wire_format)
-            ids.append(envelope.id)
-            published.append(envelope)
-            messages.append(
-                Message(
-                    id=envelope.id,
-                    queue=envelope.queue,
-                    body=body,
-                    priority=envelope.priority,
-                    eta=envelope.eta,
-                )
+            unique = (opts is not None and opts.unique) or unique_key is not None
+            claims.append(self.unique.claim_for(envelope, opts, unique_key) if unique else None)
+            envelopes.append(envelope)
+        messages = [
+            Message(
+                id=e.id,
+                queue=e.queue,
+                body=encode_envelope(e, self.wire_format),
+                priority=e.priority,
+                eta=e.eta,
             )
+            for e in envelopes
+        ]
         if self.eager:
-            for message in messages:
-                await self._run_eagerly(message.body)
-        elif messages:
-            await self.broker.publish_many(messages)
-        if self.hooks.has("after_enqueue"):
-            for envelope in published:
-                await self.hooks.emit("after_enqueue", envelope=envelope)
+            existing = await self._enqueue_eagerly(messages, claims)
+        else:
+            existing = await self.broker.enqueue(
+                messages,
+                [self.make_status(e, TaskState.QUEUED) for e in envelopes],
+                self.backend,
+                claims=claims if any(claims) else (),
+                locks=self.lock_store,
+            )
+        ids: list[str] = []
+        for envelope, holder in zip(envelopes, existing, strict=True):
+            if holder is None:
+                ids.append(envelope.id)
+                if self.hooks.has("after_enqueue"):
+                    await self.hooks.emit("after_enqueue", envelope=envelope)
+            else:
+                ids.append(holder)
+                self.unique.note_duplicate(envelope, holder)
+                await self.hooks.emit("on_duplicate", envelope=envelope, existing_id=holder)
         return ids
+
+    async def _enqueue_eagerly(
+        self, messages: list[Message], claims: list[UniqueClaim | None]
+    ) -> list[str | None]:
+        existing: list[str | None] = []
+        for message, claim in zip(messages, claims, strict=True):
+            holder = None
+            if claim is not None:
+                holder = await claim_unique(self.lock_store, self.backend, claim, message.id)
+            existing.append(holder)
+            if holder is None:
+                await self._run_eagerly(message.body)
+        return existing
 
     def _build(
         self,
@@ -399,11 +475,7 @@ class Stem:
         expires = (
             _timestamp(expires_opt, "expires")
             if isinstance(expires_opt, datetime)
-            else (
-                None
-                if expires_opt is None
-                else (eta or now) + (seconds(expires_opt, "expires") or 0.0)
-            )
+            else (None if expires_opt is None else now + (seconds(expires_opt, "expires") or 0.0))
         )
         max_retries = overrides.get("max_retries", opts.max_retries if opts else 0)
         if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
@@ -558,15 +630,29 @@ class Stem:
         return decode(value)
 
     async def revoke(
-        self, task_id: str, *, terminate: bool = False, reason: str | None = None
-    ) -> None:
-        """Revoke a task: it will not run; with ``terminate``, a running one is stopped."""
-        await self.revoke_store.revoke(
+        self,
+        task_id: str,
+        *,
+        terminate: bool = False,
+        reason: str | None = None,
+        expires: float | timedelta | None = None,
+    ) -> RevokeEntry:
+        """Revoke a task: it will not run; with ``terminate``, a running one is stopped.
+
+        The revocation lasts ``expires`` seconds (default: the app's ``revoke_ttl``, a
+        day); a message of the task that is still queued after that runs.
+        """
+        ttl = seconds(expires, "expires") if expires is not None else self.revoke_ttl
+        if ttl is None or ttl <= 0:
+            raise ConfigurationError(f"expires must be a positive duration, not {expires!r}")
+        now = self.clock.now()
+        return await self.revoke_store.revoke(
             RevokeEntry(
                 task_id=str(task_id),
                 terminate=terminate,
                 reason=reason,
-                revoked_at=self.clock.now(),
+                revoked_at=now,
+                expires_at=now + ttl,
             )
         )
 

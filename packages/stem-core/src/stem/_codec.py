@@ -9,10 +9,17 @@ Two layers:
   sees them (encryption, compression, custom types). Each has an ``id`` that travels
   in the envelope (``args_encoder``) and in the stored status (``result_encoder``), so
   a value is always decoded by the encoder that wrote it.
+
+Arguments and results must travel exactly, so what JSON cannot carry is refused
+rather than changed on the way: NaN and infinity (JSON would turn them into ``null``)
+and data nested more than :data:`MAX_NESTING` levels deep (a reader with the default
+recursion limit could not decode it). Integers of any size are carried: JSON has no
+limit (a MessagePack body refuses those beyond 64 bits at enqueue).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -22,6 +29,7 @@ from ._errors import ConfigurationError, DecodeError, SerializationError
 from ._messages import Envelope
 
 __all__ = [
+    "MAX_NESTING",
     "EncoderRegistry",
     "JsonPayloadEncoder",
     "PayloadEncoder",
@@ -29,9 +37,15 @@ __all__ = [
     "decode_envelope",
     "enc_hook",
     "encode_envelope",
+    "encode_problem",
+    "plain_problem",
+    "unstorable",
 ]
 
 WireFormat = Literal["json", "msgpack"]
+
+#: How many levels lists and maps may nest in an argument or a result.
+MAX_NESTING = 100
 
 
 def enc_hook(value: Any) -> Any:
@@ -109,41 +123,125 @@ class EncoderRegistry:
 
 
 def encode_envelope(envelope: Envelope, wire_format: WireFormat = "json") -> bytes:
-    """Encode an envelope; raise :class:`SerializationError` naming the bad argument."""
+    """Encode an envelope; raise :class:`SerializationError` naming the bad argument.
+
+    Refuses what would not arrive exactly: NaN, infinity, nesting deeper than
+    :data:`MAX_NESTING`, and (MessagePack) integers beyond 64 bits.
+    """
     encoder = _json_encoder if wire_format == "json" else _msgpack_encoder
     try:
-        return encoder.encode(envelope)
-    except (TypeError, ValueError, OverflowError) as exc:
+        body = encoder.encode(envelope)
+    except (TypeError, ValueError, OverflowError, RecursionError) as exc:
         raise _explain(envelope, encoder, exc) from exc
+    # NaN and infinity become ``null`` in JSON, and nesting needs brackets: a body
+    # with neither (the common case) needs no closer look. Fields left at None are
+    # omitted from an envelope, so a ``null`` comes from the payload.
+    if wire_format != "json" or b"null" in body or _brackets(body) > MAX_NESTING:
+        for label, value in _payload(envelope):
+            problem = unstorable(value)
+            if problem is not None:
+                raise SerializationError(
+                    f"{label} of task {envelope.task!r} cannot be sent: {problem}"
+                )
+    return body
 
 
 def decode_envelope(body: bytes) -> Envelope:
-    """Decode a body written by :func:`encode_envelope` in either wire format."""
+    """Decode a body written by :func:`encode_envelope` in either wire format.
+
+    Any failure (not UTF-8, nesting too deep for this process, wrong field types,
+    not bytes at all) is a :class:`DecodeError`: such a body can never be run.
+    """
     try:
         if body[:1] == b"{":
             return _json_envelope.decode(body)
         return _msgpack_envelope.decode(body)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise DecodeError(f"message body is not a Stem envelope: {exc}") from exc
+    except Exception as exc:
+        raise DecodeError(f"message body is not a Stem envelope: {encode_problem(exc)}") from exc
 
 
-def _explain(
-    envelope: Envelope, encoder: msgspec.json.Encoder | msgspec.msgpack.Encoder, exc: Exception
-) -> SerializationError:
+def unstorable(value: Any) -> str | None:
+    """Why ``value`` cannot be carried exactly as an argument or a result, or None if it can."""
+    try:
+        plain = msgspec.to_builtins(value, enc_hook=enc_hook)
+    except Exception as exc:
+        return encode_problem(exc)
+    return plain_problem(plain)
+
+
+def plain_problem(plain: Any) -> str | None:
+    """:func:`unstorable` for a value already made of builtins (``msgspec.to_builtins``)."""
+    try:
+        body = _json_encoder.encode(plain)
+    except Exception as exc:
+        return encode_problem(exc)
+    if b"null" not in body and _brackets(body) <= MAX_NESTING:
+        return None
+    return _plain_problem(plain)
+
+
+def encode_problem(exc: BaseException) -> str:
+    """What an encoder's error means, in words a user can act on."""
+    if isinstance(exc, RecursionError):
+        return f"it nests more than {MAX_NESTING} levels deep or contains itself"
+    if isinstance(exc, UnicodeError):
+        return f"it holds text that is not valid Unicode ({_safe_str(exc)})"
+    return _safe_str(exc) or type(exc).__name__
+
+
+def _plain_problem(plain: Any) -> str | None:
+    """Walk builtins (without recursion, so any depth is safe) for NaN, infinity and depth."""
+    stack: list[tuple[Any, int]] = [(plain, 0)]
+    while stack:
+        item, depth = stack.pop()
+        kind = type(item)
+        if kind is float:
+            if not math.isfinite(item):
+                return (
+                    f"it holds {item!r}, which JSON cannot carry (it would arrive as null); "
+                    "send None or a string instead"
+                )
+        elif kind is list or kind is dict:
+            if depth >= MAX_NESTING:
+                return f"it nests more than {MAX_NESTING} levels deep"
+            children = item.values() if kind is dict else item
+            stack.extend((child, depth + 1) for child in children)
+    return None
+
+
+def _brackets(body: bytes) -> int:
+    """An upper bound of the nesting depth of a JSON document (brackets in strings count too)."""
+    return body.count(b"[") + body.count(b"{")
+
+
+def _payload(envelope: Envelope) -> list[tuple[str, Any]]:
     named: list[tuple[str, Any]] = [
         (f"positional argument {i}", v) for i, v in enumerate(envelope.args)
     ]
     named += [(f"argument {k!r}", v) for k, v in envelope.kwargs.items()]
     named += [(f"header {k!r}", v) for k, v in envelope.headers.items()]
     named += [(f"meta {k!r}", v) for k, v in envelope.meta.items()]
-    for label, value in named:
+    return named
+
+
+def _safe_str(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except Exception:
+        return type(exc).__name__
+
+
+def _explain(
+    envelope: Envelope, encoder: msgspec.json.Encoder | msgspec.msgpack.Encoder, exc: Exception
+) -> SerializationError:
+    for label, value in _payload(envelope):
         try:
             encoder.encode(value)
-        except (TypeError, ValueError, OverflowError) as inner:
+        except (TypeError, ValueError, OverflowError, RecursionError) as inner:
             return SerializationError(
                 f"{label} of task {envelope.task!r} cannot be serialized "
-                f"({type(value).__name__}: {inner}); pass plain data (str, int, float, bool, "
-                "None, list, dict, datetime, UUID, dataclass, msgspec.Struct) or register a "
-                "payload encoder"
+                f"({type(value).__name__}: {encode_problem(inner)}); pass plain data (str, int, "
+                "float, bool, None, list, dict, datetime, UUID, dataclass, msgspec.Struct) or "
+                "register a payload encoder"
             )
-    return SerializationError(f"task {envelope.task!r} cannot be serialized: {exc}")
+    return SerializationError(f"task {envelope.task!r} cannot be serialized: {encode_problem(exc)}")

@@ -5,22 +5,30 @@ Every error Stem raises on purpose derives from :class:`StemError`::
     StemError
     ├── ConfigurationError        bad options, URLs or settings, found at definition time
     │   └── UnknownSchemeError    no adapter is installed for a URL scheme
+    ├── ArgumentError             (also a TypeError) arguments do not fit the task's signature
     ├── SerializationError        (also a TypeError) a value cannot be encoded for the wire
     ├── DecodeError               bytes from a broker or store cannot be decoded
     ├── UnknownTaskError          a task name is not registered with the app
     ├── TaskTimeoutError          (also a TimeoutError) waiting for a result took too long
     ├── AdapterError              a broker or store failed; the driver error is the __cause__
-    │   └── SchemaVersionError    a database was written by a newer Stem
+    │   ├── SchemaVersionError    a database was written by a newer Stem
+    │   └── StoreLostError        the database was deleted or replaced under a running process
     ├── SoftTimeLimitExceeded     raised inside a handler when its soft time limit passes
     ├── TimeLimitExceeded         the hard time limit passed and the handler was stopped
     ├── Retry                     raised by ``ctx.retry()`` to ask for another attempt
     └── Reject                    raised by a handler to dead-letter its message at once
+
+:class:`StemWarning` (a ``UserWarning``) flags a likely mistake that still works.
+
+Each public class reports its module as ``stem``, so error records, dead letters and
+tracebacks show ``stem.Reject``, the name to import, rather than a private module.
 """
 
 from __future__ import annotations
 
 __all__ = [
     "AdapterError",
+    "ArgumentError",
     "ConfigurationError",
     "DecodeError",
     "Reject",
@@ -29,6 +37,8 @@ __all__ = [
     "SerializationError",
     "SoftTimeLimitExceeded",
     "StemError",
+    "StemWarning",
+    "StoreLostError",
     "TaskTimeoutError",
     "TimeLimitExceeded",
     "UnknownSchemeError",
@@ -46,6 +56,14 @@ class ConfigurationError(StemError, ValueError):
 
 class UnknownSchemeError(ConfigurationError):
     """No adapter is installed for the URL's scheme."""
+
+
+class ArgumentError(StemError, TypeError):
+    """Arguments do not fit the task's signature or annotations; nothing was published.
+
+    Raised at enqueue; a worker that receives such arguments from a producer without
+    the handler dead-letters the message as ``bad-arguments`` with this error.
+    """
 
 
 class SerializationError(StemError, TypeError):
@@ -70,6 +88,13 @@ class AdapterError(StemError):
 
 class SchemaVersionError(AdapterError):
     """The database holds a schema newer than this version of Stem understands."""
+
+
+class StoreLostError(AdapterError):
+    """What a broker or store was opened on is gone (its database file was deleted or
+    replaced): nothing written now would reach anyone else. A worker stops on it; start
+    the process again once the database is where it belongs.
+    """
 
 
 class SoftTimeLimitExceeded(StemError):
@@ -100,3 +125,13 @@ class Reject(StemError):
     def __init__(self, reason: str = "rejected") -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class StemWarning(UserWarning):
+    """A likely mistake that does not stop the program (shown once per place by default)."""
+
+
+# Every class here is public (re-exported by ``stem``): name it from the package.
+for _name in __all__:
+    globals()[_name].__module__ = "stem"
+del _name

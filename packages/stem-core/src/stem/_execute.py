@@ -6,6 +6,7 @@ path a real deployment does.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import os
 import traceback as tb
@@ -15,8 +16,15 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from ._codec import enc_hook
-from ._errors import DecodeError, Reject, Retry, SerializationError, TimeLimitExceeded
+from ._codec import enc_hook, encode_problem, plain_problem
+from ._errors import (
+    ArgumentError,
+    DecodeError,
+    Reject,
+    Retry,
+    SerializationError,
+    TimeLimitExceeded,
+)
 from ._messages import Envelope, TaskError
 from ._task import Task, TaskContext
 
@@ -25,10 +33,14 @@ if TYPE_CHECKING:
 
 __all__ = [
     "HandlerFailure",
+    "Interrupted",
     "Invoker",
     "Outcome",
     "OutcomeKind",
+    "UnstorableResult",
+    "bind_arguments",
     "decode_arguments",
+    "decode_payload",
     "execute",
     "task_error",
 ]
@@ -57,41 +69,135 @@ class Outcome:
 class HandlerFailure(Exception):
     """A failure reported by a handler that ran elsewhere (a child process).
 
-    ``kind`` is ``error``, ``retry`` or ``reject``; ``task_error`` is the remote record.
+    ``kind`` is ``error``, ``retry`` or ``reject``; ``task_error`` is the remote record;
+    ``type_names`` are the qualified names of the exception's classes (its MRO), so
+    the worker matches them against the task's ``retry_for`` as it would the exception.
     """
 
     def __init__(
         self,
         error: TaskError,
         *,
-        retryable: bool,
         kind: str = "error",
+        type_names: list[str] | None = None,
         countdown: float | None = None,
+        reason: str | None = None,
     ) -> None:
         super().__init__(f"{error.type}: {error.message}")
         self.task_error = error
-        self.retryable = retryable
         self.kind = kind
+        self.type_names = type_names or []
         self.countdown = countdown
+        self.reason = reason
+
+    def is_a(self, classes: tuple[type[BaseException], ...]) -> bool:
+        """Whether the remote exception is an instance of one of ``classes`` (by name)."""
+        return any(_qualified(c) in self.type_names for c in classes)
 
 
-class BadArguments(Exception):
-    """The message's arguments do not fit the handler."""
+class UnstorableResult(Exception):
+    """A handler returned a value that cannot be carried back or stored."""
+
+    def __init__(self, type_name: str, problem: str) -> None:
+        super().__init__(f"{type_name}: {problem}")
+        self.type_name = type_name
+        self.problem = problem
+
+
+class Interrupted(BaseException):
+    """The worker stopped the handler (a shutdown, a terminate revocation) or lost it
+    (its child process died): the task ended without a result.
+
+    ``execute`` lets it through instead of recording a failure; the worker decides
+    what becomes of the message. A BaseException, so ``except Exception`` in a handler
+    does not swallow it.
+    """
+
+
+#: The message's arguments do not fit the handler: the public error a producer raises
+#: for the same mistake, so a dead letter's error type reads ``stem.ArgumentError``.
+BadArguments = ArgumentError
 
 
 _STEM_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
 def task_error(exc: BaseException) -> TaskError:
-    """The error record of an exception, its traceback without Stem's own frames."""
-    frames = exc.__traceback__
-    while frames is not None and frames.tb_frame.f_code.co_filename.startswith(_STEM_DIR):
-        frames = frames.tb_next
+    """The error record of an exception, its traceback without Stem's own frames.
+
+    It never fails: an exception whose ``__str__`` or ``__repr__`` raises is described
+    by its type's name, and text that is not valid Unicode (a lone surrogate) is
+    escaped, so the record can always be stored.
+    """
+    kind = type(exc)
+    message = _describe(exc)
+    try:
+        frames = exc.__traceback__
+        while frames is not None and frames.tb_frame.f_code.co_filename.startswith(_STEM_DIR):
+            frames = frames.tb_next
+        traceback = "".join(tb.format_exception(kind, exc, frames or exc.__traceback__))
+    except Exception as failure:
+        traceback = f"{_qualified(kind)}: {message}\n(no traceback: formatting it failed with {type(failure).__name__})\n"
     return TaskError(
-        type=f"{type(exc).__module__}.{type(exc).__qualname__}".removeprefix("builtins."),
-        message=str(exc),
-        traceback="".join(tb.format_exception(type(exc), exc, frames or exc.__traceback__)),
+        type=_qualified(kind).removeprefix("builtins."),
+        message=_storable(message),
+        traceback=_storable(traceback),
     )
+
+
+def _describe(exc: BaseException) -> str:
+    """``str(exc)``, or its repr if that fails or is empty, or else its type's name."""
+    name = type(exc).__name__
+    try:
+        text = str(exc)
+    except Exception:
+        text = ""
+    else:
+        if text:
+            return text
+        if not exc.args:
+            return name
+    try:
+        return repr(exc)
+    except Exception:
+        return f"<{name}: str() and repr() failed>"
+
+
+def _storable(text: str) -> str:
+    """The text, with what UTF-8 cannot encode (lone surrogates) escaped."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode()
+    return text
+
+
+def _qualified(cls: type) -> str:
+    return f"{getattr(cls, '__module__', '?')}.{getattr(cls, '__qualname__', cls.__name__)}"
+
+
+def decode_payload(app: Stem, envelope: Envelope) -> tuple[list[Any], dict[str, Any]]:
+    """The arguments as sent, decoded by the message's payload encoder.
+
+    Raises:
+        DecodeError: the encoder is missing, fails, or gives something else than a list
+            and a map: the message can never run (``malformed``).
+    """
+    encoder = app.encoders.get(envelope.args_encoder)
+    try:
+        args = encoder.decode(envelope.args)
+        kwargs = encoder.decode(envelope.kwargs)
+    except Exception as exc:
+        raise DecodeError(
+            f"payload encoder {envelope.args_encoder!r} could not decode the arguments: "
+            f"{encode_problem(exc)}"
+        ) from exc
+    if not isinstance(args, list | tuple) or not isinstance(kwargs, dict):
+        raise DecodeError(
+            f"payload encoder {envelope.args_encoder!r} decoded the arguments to a "
+            f"{type(args).__name__} and a {type(kwargs).__name__}, not a list and a map"
+        )
+    return list(args), dict(kwargs)
 
 
 def decode_arguments(
@@ -100,14 +206,25 @@ def decode_arguments(
     """Decode and convert the arguments to the handler's annotated types.
 
     Raises:
+        DecodeError: the payload does not decode.
         BadArguments: they do not bind to the signature or do not convert.
     """
-    encoder = app.encoders.get(envelope.args_encoder)
-    args = list(encoder.decode(envelope.args))
-    kwargs = dict(encoder.decode(envelope.kwargs))
+    args, kwargs = decode_payload(app, envelope)
+    return bind_arguments(task, args, kwargs)
+
+
+def bind_arguments(
+    task: Task[Any, Any], args: list[Any], kwargs: dict[str, Any]
+) -> tuple[list[Any], dict[str, Any]]:
+    """Bind decoded arguments to the handler's signature, converted to its annotations.
+
+    Raises:
+        BadArguments: they do not bind or do not convert.
+    """
     simple = task.positional
     if simple is not None and not kwargs and len(args) == len(simple):
         # The common case, without inspect's bind: positional arguments, one per parameter.
+        args = list(args)
         for index, hint in enumerate(simple):
             if hint is not None:
                 args[index] = _convert(args[index], hint, task.parameter_names[index])
@@ -131,12 +248,17 @@ def decode_arguments(
 def _convert(value: Any, hint: Any, name: str) -> Any:
     try:
         return msgspec.convert(value, hint, strict=False)
-    except (msgspec.ValidationError, TypeError) as exc:
-        raise BadArguments(f"argument {name!r}: {exc}") from None
+    except Exception as exc:
+        raise BadArguments(f"argument {name!r}: {encode_problem(exc)}") from None
 
 
 async def execute(app: Stem, task: Task[Any, Any], ctx: TaskContext, invoke: Invoker) -> Outcome:
-    """Run a task through the middleware and classify what happened."""
+    """Run a task through the middleware and classify what happened.
+
+    Whatever the handler raises is the task's failure, ``SystemExit`` and
+    ``KeyboardInterrupt`` included (a handler that exits must not stop the worker);
+    only the worker's own cancellation and :class:`Interrupted` pass through.
+    """
     envelope = ctx.envelope
     try:
         args, kwargs = decode_arguments(app, task, envelope)
@@ -159,29 +281,48 @@ async def execute(app: Stem, task: Task[Any, Any], ctx: TaskContext, invoke: Inv
         return Outcome(OutcomeKind.DEAD, error=task_error(exc), reason=exc.reason)
     except TimeLimitExceeded as exc:
         return Outcome(OutcomeKind.FAILED, error=task_error(exc), reason="time-limit")
+    except UnstorableResult as exc:
+        return _unstorable(task, exc.type_name, exc.problem)
     except HandlerFailure as exc:
         if exc.kind == "reject":
-            return Outcome(OutcomeKind.DEAD, error=exc.task_error, reason="rejected")
-        if exc.kind == "retry" or exc.retryable:
+            return Outcome(OutcomeKind.DEAD, error=exc.task_error, reason=exc.reason or "rejected")
+        if exc.kind == "retry" or exc.is_a(task.options_.retry_for):
             return _retry_or_fail(task, envelope, exc.task_error, exc.countdown)
         return Outcome(OutcomeKind.FAILED, error=exc.task_error, reason="failed")
-    except Exception as exc:
+    except Interrupted:
+        raise
+    except BaseException as exc:
+        if isinstance(exc, asyncio.CancelledError) and _being_cancelled():
+            raise  # the worker is stopping this job, not the handler failing
         if isinstance(exc, task.options_.retry_for):
             return _retry_or_fail(task, envelope, task_error(exc), None)
         return Outcome(OutcomeKind.FAILED, error=task_error(exc), reason="failed")
     try:
-        # to_builtins both checks the value can be stored and gives it the shape every
-        # backend returns (dataclasses become dicts, datetimes strings), even in memory.
+        # to_builtins gives the value the shape every backend returns (dataclasses
+        # become dicts, datetimes strings), even in memory; plain_problem checks that
+        # it can be stored exactly.
         stored = msgspec.to_builtins(
             app.encoders.get(envelope.result_encoder).encode(value), enc_hook=enc_hook
         )
-    except (SerializationError, TypeError) as exc:
-        error = SerializationError(
-            f"task {task.name!r} returned a {type(value).__name__}, which cannot be stored as a "
-            f"result ({exc}); return plain data or register a result encoder"
-        )
-        return Outcome(OutcomeKind.FAILED, error=task_error(error), reason="unserializable-result")
+        problem = plain_problem(stored)
+    except Exception as exc:
+        problem = encode_problem(exc)
+    if problem is not None:
+        return _unstorable(task, type(value).__name__, problem)
     return Outcome(OutcomeKind.SUCCEEDED, value=stored)
+
+
+def _being_cancelled() -> bool:
+    current = asyncio.current_task()
+    return current is not None and current.cancelling() > 0
+
+
+def _unstorable(task: Task[Any, Any], type_name: str, problem: str) -> Outcome:
+    error = SerializationError(
+        f"task {task.name!r} returned a {type_name}, which cannot be stored as a "
+        f"result ({problem}); return plain data or register a result encoder"
+    )
+    return Outcome(OutcomeKind.FAILED, error=task_error(error), reason="unserializable-result")
 
 
 def _retry_or_fail(

@@ -5,10 +5,13 @@ A failing hook is logged and never stops the enqueue or the worker.
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import logging
 from collections.abc import Awaitable, Callable, Generator
 from typing import Any, TypeVar
+
+from ._errors import ConfigurationError
 
 __all__ = ["DONE", "HOOK_EVENTS", "Hooks", "Middleware"]
 
@@ -60,9 +63,17 @@ class Hooks:
         self.middleware: list[Middleware] = []
 
     def on(self, event: str) -> Callable[[F], F]:
-        """Decorator: call the function (sync or async) with the event's keyword arguments."""
+        """Decorator: call the function (sync or async) with the event's keyword arguments.
+
+        Raises:
+            ConfigurationError: (a ValueError) ``event`` is not one of :data:`HOOK_EVENTS`.
+        """
         if event not in self._handlers:
-            raise ValueError(f"unknown hook event {event!r}; events are: {', '.join(HOOK_EVENTS)}")
+            close = difflib.get_close_matches(str(event), HOOK_EVENTS, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else "."
+            raise ConfigurationError(
+                f"unknown hook event {event!r}{hint} The events are: {', '.join(HOOK_EVENTS)}"
+            )
 
         def register(fn: F) -> F:
             self._handlers[event].append(fn)

@@ -13,6 +13,7 @@ import msgspec
 
 __all__ = [
     "DeadLetter",
+    "DeadLetterView",
     "Delivery",
     "Envelope",
     "GroupState",
@@ -23,6 +24,7 @@ __all__ = [
     "TaskResult",
     "TaskState",
     "TaskStatus",
+    "UniqueClaim",
     "WorkerHeartbeat",
 ]
 
@@ -98,6 +100,53 @@ class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
     dead_at: float = 0.0
 
 
+class DeadLetterView(msgspec.Struct, frozen=True, kw_only=True):
+    """A dead letter as a person reads it: the raw letter and, if its body decodes, the task.
+
+    ``task``, ``args``, ``kwargs``, ``attempts`` and ``headers`` are None when the body
+    is not a Stem envelope; ``decode_error`` then says why. ``attempts`` counts the
+    runs the task had (its last attempt number plus one).
+    """
+
+    letter: DeadLetter
+    task: str | None = None
+    args: list[Any] | None = None
+    kwargs: dict[str, Any] | None = None
+    attempts: int | None = None
+    max_retries: int | None = None
+    headers: dict[str, str] | None = None
+    created_at: float | None = None
+    decode_error: str | None = None
+
+    @property
+    def message_id(self) -> str:
+        return self.letter.message.id
+
+    @property
+    def queue(self) -> str:
+        return self.letter.message.queue
+
+    @property
+    def reason(self) -> str:
+        return self.letter.reason
+
+    @property
+    def error(self) -> str | None:
+        return self.letter.error
+
+    @property
+    def traceback(self) -> str | None:
+        return self.letter.traceback
+
+    @property
+    def deliveries(self) -> int:
+        return self.letter.deliveries
+
+    @property
+    def dead_at(self) -> float:
+        return self.letter.dead_at
+
+
 class QueueStats(msgspec.Struct, frozen=True, kw_only=True):
     """Counts for one queue: ready now, delayed until later, leased, dead-lettered."""
 
@@ -109,9 +158,14 @@ class QueueStats(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class TaskState(enum.StrEnum):
-    """Where a task is in its life. The last three are final."""
+    """Where a task is in its life. The last three are final.
+
+    ``queued`` is stored at enqueue, in the same write as the publish where the
+    adapter allows, so a task is visible from the moment its id is returned.
+    """
 
     PENDING = "pending"
+    QUEUED = "queued"
     RECEIVED = "received"
     STARTED = "started"
     RETRIED = "retried"
@@ -198,7 +252,12 @@ class GroupState(msgspec.Struct, kw_only=True):
 
 
 class WorkerHeartbeat(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """A worker's report of itself; ``last_consumed_at`` proves it is reading, not just alive."""
+    """A worker's report of itself; ``last_consumed_at`` proves it is reading, not just alive.
+
+    ``processed`` counts the messages the worker finished; each of them is counted once
+    more in exactly one of ``succeeded``, ``failed``, ``retried``, ``dead``, ``revoked``
+    and ``skipped``, so those add up to ``processed`` (see docs/workers.md).
+    """
 
     worker_id: str
     host: str
@@ -210,6 +269,9 @@ class WorkerHeartbeat(msgspec.Struct, kw_only=True, omit_defaults=True):
     succeeded: int = 0
     failed: int = 0
     retried: int = 0
+    dead: int = 0
+    revoked: int = 0
+    skipped: int = 0
     started_at: float = 0.0
     sent_at: float = 0.0
     last_consumed_at: float | None = None
@@ -217,10 +279,28 @@ class WorkerHeartbeat(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 
 class RevokeEntry(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
-    """A revoked task id; ``terminate`` asks workers to stop it if it is running."""
+    """A revoked task id; ``terminate`` asks workers to stop it if it is running.
+
+    ``seq`` is given by the store when the revocation is recorded: it grows in commit
+    order, so a worker that has read every entry up to ``seq`` n misses none by reading
+    those after n (a timestamp cannot promise that: it is taken before the write, and
+    clocks step back).
+    """
 
     task_id: str
     terminate: bool = False
     reason: str | None = None
     revoked_at: float = 0.0
     expires_at: float | None = None
+    seq: int = 0
+
+
+class UniqueClaim(msgspec.Struct, frozen=True, kw_only=True):
+    """A unique task's claim on ``key``, held by the message it is published with.
+
+    A claim is honoured only while the task it names exists (its status is stored);
+    see :meth:`stem.contracts.Broker.enqueue`.
+    """
+
+    key: str
+    ttl: float

@@ -23,6 +23,16 @@ KNOWN_SCHEMES: dict[str, str] = {
     "postgres": "stem-postgres",
 }
 
+#: First-party adapters that are planned but not released. Their packages exist (as
+#: placeholders) but register no entry point, so the scheme is refused with a message
+#: saying so. An adapter's release removes its schemes from here.
+PLANNED: dict[str, str] = {
+    "redis": "Redis",
+    "rediss": "Redis",
+    "postgresql": "PostgreSQL",
+    "postgres": "PostgreSQL",
+}
+
 _registered: dict[str, Adapter] = {}
 
 
@@ -61,6 +71,13 @@ def get_adapter(url: str) -> Adapter:
         return _registered[scheme]
     target = _entry_point_schemes().get(scheme)
     if target is None:
+        if scheme in PLANNED:
+            available = ", ".join(f"{s}://" for s in _available_schemes())
+            raise UnknownSchemeError(
+                f"{PLANNED[scheme]} support is not released yet, so {scheme}:// URLs cannot "
+                f"be used (the {KNOWN_SCHEMES[scheme]} package is a placeholder). Adapters "
+                f"available now: {available}"
+            )
         if scheme in KNOWN_SCHEMES:
             dist = KNOWN_SCHEMES[scheme]
             raise UnknownSchemeError(
@@ -75,6 +92,10 @@ def get_adapter(url: str) -> Adapter:
     adapter = _load(scheme, target)
     _registered[scheme] = adapter
     return adapter
+
+
+def _available_schemes() -> list[str]:
+    return sorted(set(_entry_point_schemes()) | set(_registered))
 
 
 def _load(scheme: str, target: str) -> Adapter:

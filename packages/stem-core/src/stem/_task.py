@@ -3,22 +3,38 @@
 from __future__ import annotations
 
 import asyncio
+import difflib
 import hashlib
 import inspect
+import os
+import re
+import sys
 import types
 import typing
-from collections.abc import Callable, Coroutine, Mapping
+import warnings
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, NoReturn, ParamSpec, TypeVar
 
-from ._errors import ConfigurationError, Retry, SerializationError
+import msgspec
+
+from ._codec import enc_hook
+from ._errors import ArgumentError, ConfigurationError, Retry, StemWarning
 from ._messages import Envelope
 from ._options import TaskOptions
 
 if TYPE_CHECKING:
     from ._app import Stem
 
-__all__ = ["EnqueueOptions", "NamedTask", "Task", "TaskCall", "TaskContext", "TaskRef"]
+__all__ = [
+    "EnqueueOptions",
+    "NamedTask",
+    "Task",
+    "TaskCall",
+    "TaskContext",
+    "TaskRef",
+    "check_call_shape",
+]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -179,16 +195,133 @@ class Task(Generic[P, R]):
             self.positional = [
                 None if hints.get(p.name, Any) is Any else hints[p.name] for p in params
             ]
+        # What enqueue converts the arguments to, in one msgspec pass, to check them as
+        # the worker will: the positional list as a tuple type (the fast path), or the
+        # bound arguments as a struct. The worker converts no unannotated, Any, *args or
+        # **kwargs parameter, so they are left out here too.
+        self._checked = {
+            p.name: hints[p.name]
+            for p in params
+            if hints.get(p.name, Any) is not Any and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        }
+        self._positional_type: Any = None
+        if self.positional is not None and self._checked:
+            self._positional_type = tuple.__class_getitem__(
+                tuple(Any if hint is None else hint for hint in self.positional)
+            )
+        self._bound_type: Any = None
+        if self._checked:
+            try:
+                self._bound_type = msgspec.defstruct(
+                    "Arguments", [(name, hint, None) for name, hint in self._checked.items()]
+                )
+            except (TypeError, ValueError):  # an annotation msgspec cannot hold: check one by one
+                self._bound_type = _EACH
 
     def __repr__(self) -> str:
         return f"<Task {self.name} queue={self.options_.queue}>"
 
     def check_arguments(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
-        """Raise TypeError now if the arguments do not fit the handler."""
+        """Raise :class:`ArgumentError` now if the arguments do not fit the handler.
+
+        They must bind to its signature and convert to its annotations the way the worker
+        converts them (``msgspec.convert``, not strict: ``"7"`` is a valid ``int``). The
+        values are sent as given, not converted.
+        """
+        positional = self.positional
+        if positional is not None and not kwargs and len(args) == len(positional):
+            if self._positional_type is not None and not _converts(args, self._positional_type):
+                self._explain_types(dict(zip(self.parameter_names, args, strict=True)))
+            return
+        check_call_shape(args, kwargs)
         try:
-            self.signature.bind(*args, **kwargs)
+            bound = self.signature.bind(*args, **kwargs)
         except TypeError as exc:
-            raise SerializationError(f"arguments do not fit task {self.name!r}: {exc}") from None
+            raise ArgumentError(self._explain_binding(args, kwargs, exc)) from None
+        if self._bound_type is _EACH or (
+            self._bound_type is not None and not _converts(bound.arguments, self._bound_type)
+        ):
+            self._explain_types(bound.arguments)
+
+    def _explain_types(self, arguments: Mapping[str, Any]) -> None:
+        """Find the argument that does not convert, and raise an error naming it.
+
+        A value may fail the quick conversion but pass once encoded (a UUID for a ``str``
+        parameter is a string on the wire): what the worker accepts is accepted here.
+        """
+        for name, hint in self._checked.items():
+            if name not in arguments:
+                continue
+            value = arguments[name]
+            if _converts(value, hint):
+                continue
+            try:
+                wire = msgspec.to_builtins(value, enc_hook=enc_hook)
+            except (TypeError, ValueError, OverflowError):
+                continue  # cannot be encoded: encoding the message names it next
+            try:
+                msgspec.convert(wire, hint, strict=False)
+            except (msgspec.ValidationError, TypeError) as exc:
+                detail = re.sub(r" - at `\$(.*)`$", rf" at `{name}\1`", str(exc))
+                raise ArgumentError(
+                    f"argument {name!r} of task {self.name!r} does not fit "
+                    f"`{name}: {_type_name(hint)}`: {detail}"
+                ) from None
+
+    def _explain_binding(
+        self, args: Sequence[Any], kwargs: Mapping[str, Any], error: TypeError
+    ) -> str:
+        """Every reason the arguments do not bind, and the signature they must fit."""
+        params = list(self.signature.parameters.values())
+        kinds = {p.kind for p in params}
+        positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        by_keyword = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        filled = {p.name for p in positional[: len(args)]}
+        problems: list[str] = []
+        if inspect.Parameter.VAR_POSITIONAL not in kinds and len(args) > len(positional):
+            problems.append(
+                f"it takes {len(positional)} positional arguments but {len(args)} were given"
+            )
+        for key in kwargs:
+            if key in filled and key in by_keyword:
+                problems.append(f"multiple values for argument {key!r}")
+            elif key not in by_keyword and inspect.Parameter.VAR_KEYWORD not in kinds:
+                free = sorted(by_keyword - filled - set(kwargs))
+                close = difflib.get_close_matches(key, free, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                problems.append(f"unexpected argument {key!r}{hint}")
+        missing = [
+            p.name
+            for p in params
+            if p.default is p.empty
+            and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+            and p.name not in filled
+            and p.name not in kwargs
+        ]
+        if missing:
+            s = "s" if len(missing) > 1 else ""
+            problems.append(f"missing argument{s} {', '.join(map(repr, missing))}")
+        if not problems:
+            problems.append(str(error))
+        return (
+            f"arguments do not fit task {self.name!r}: {'; '.join(problems)}. "
+            f"Its handler takes {self.name}({self._describe_parameters()})"
+        )
+
+    def _describe_parameters(self) -> str:
+        hints = _type_hints(self.fn)
+        parts: list[str] = []
+        for p in self.signature.parameters.values():
+            stars = {p.VAR_POSITIONAL: "*", p.VAR_KEYWORD: "**"}
+            text = stars.get(p.kind, "") + p.name  # type: ignore[call-overload]
+            if p.name in hints:
+                text += f": {_type_name(hints[p.name])}"
+            elif p.annotation is not p.empty:
+                text += f": {p.annotation}"
+            if p.default is not p.empty:
+                text += f" = {p.default!r}"
+            parts.append(text)
+        return ", ".join(parts)
 
     def options(self, **overrides: typing.Unpack[EnqueueOptions]) -> TaskCall[P, R]:
         """Enqueue with overrides: ``await task.options(priority=5).enqueue(...)``."""
@@ -216,7 +349,8 @@ class NamedTask:
         self.name = name
 
     def check_arguments(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
-        """Nothing to check against: the worker checks, and dead-letters what does not fit."""
+        """Only the shape: the worker checks the rest, and dead-letters what does not fit."""
+        check_call_shape(args, kwargs)
 
 
 class TaskCall(Generic[P, R]):
@@ -275,9 +409,82 @@ def _is_context_param(param: inspect.Parameter, hints: dict[str, Any]) -> bool:
     return param.annotation is inspect.Parameter.empty and param.name in ("ctx", "context")
 
 
+#: Stands for "no struct for these annotations: convert each argument on its own".
+_EACH: Any = object()
+
+
+def check_call_shape(args: Any, kwargs: Any) -> None:
+    """Positional arguments in a sequence, keyword arguments in a mapping with str keys."""
+    if not isinstance(args, Sequence) or isinstance(args, str | bytes):
+        raise ArgumentError(
+            f"args must be a list or tuple of positional arguments, not a {type(args).__name__}"
+        )
+    if not isinstance(kwargs, Mapping):
+        raise ArgumentError(
+            "kwargs must be a mapping of argument names to values (a dict), not a "
+            f"{type(kwargs).__name__}; positional arguments go in args=[...]"
+        )
+    for key in kwargs:
+        if not isinstance(key, str):
+            raise ArgumentError(f"the names of keyword arguments must be strings, not {key!r}")
+
+
+def _converts(value: Any, target: Any) -> bool:
+    try:
+        msgspec.convert(value, target, strict=False)
+    except (msgspec.ValidationError, TypeError):
+        return False
+    return True
+
+
+def _type_name(hint: Any) -> str:
+    """``int``, ``list[Order]``: an annotation as written, without module paths."""
+    if isinstance(hint, type) and not typing.get_args(hint):
+        return hint.__qualname__
+    return re.sub(r"\b(?:[A-Za-z_]\w*\.)+(?=[A-Za-z_])", "", repr(hint))
+
+
+_STEM_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
 def task_name(fn: Callable[..., Any]) -> str:
     module = getattr(fn, "__module__", None) or "tasks"
     qualname = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
     if not qualname:
         raise ConfigurationError(f"cannot derive a task name from {fn!r}; pass name=")
-    return f"{module}.{qualname}"
+    name = f"{module}.{qualname}"
+    if module == "__main__":
+        _warn_script_name(name, qualname)
+    return name
+
+
+def _warn_script_name(name: str, qualname: str) -> None:
+    """A task defined in the script being run is ``__main__.x`` there but ``module.x`` in
+    a worker that imports the module: the two never meet, so say so at definition."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    path = getattr(main, "__file__", None)
+    if spec is not None and spec.name != "__main__":
+        module = spec.name  # python -m package.module
+    else:
+        module = os.path.splitext(os.path.basename(path))[0] if path else "tasks"
+    suggested = f"{module}.{qualname}"
+    warnings.warn(
+        StemWarning(
+            f"task {name!r} is named after __main__, the script being run; a worker that "
+            f"imports the module calls it {suggested!r}, so neither finds the other's "
+            f"messages. Pass a name (@app.task(name={suggested!r})) or define the task in "
+            "a module that the script imports."
+        ),
+        stacklevel=_caller_level(),
+    )
+
+
+def _caller_level() -> int:
+    """The stacklevel of the first frame outside Stem, so a warning points at user code."""
+    frame = sys._getframe(1)
+    level = 1
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(_STEM_DIR):
+        frame = frame.f_back
+        level += 1
+    return level

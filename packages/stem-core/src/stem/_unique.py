@@ -10,7 +10,7 @@ from typing import Any
 import msgspec
 
 from ._hooks import DONE
-from ._messages import Envelope
+from ._messages import Envelope, UniqueClaim
 from ._options import TaskOptions
 from .contracts import LockStore
 
@@ -40,37 +40,35 @@ def unique_key(envelope: Envelope) -> str:
 
 
 class UniqueCoordinator:
-    """Claims a unique key at enqueue and frees it when the task finishes (or the TTL ends)."""
+    """Makes the claim of a unique task at enqueue and frees it when the task finishes.
+
+    The claim itself is taken by :meth:`stem.contracts.Broker.enqueue`, together with
+    the publish, so a claim never outlives a publish that did not happen.
+    """
 
     def __init__(self, locks: LockStore) -> None:
         self.locks = locks
         self.duplicates = 0
 
-    async def claim(
-        self, envelope: Envelope, options: TaskOptions | None, key: str | None, now: float
-    ) -> str | None:
-        """Claim uniqueness for ``envelope``; returns the existing task id if it is a duplicate.
+    def claim_for(
+        self, envelope: Envelope, options: TaskOptions | None, key: str | None
+    ) -> UniqueClaim:
+        """The claim ``envelope`` must hold to be published.
 
-        On success the key and its lifetime are recorded in ``envelope.meta`` so the
-        worker can free an until-finished lock.
+        The key and the claim's lifetime are recorded in ``envelope.meta`` (before the
+        body is encoded) so the worker can free an until-finished claim.
         """
         key = f"stem:unique:{envelope.task}:{key or unique_key(envelope)}"
         ttl = options.unique_for if options and options.unique_for else None
-        for _ in range(5):
-            if await self.locks.acquire(key, envelope.id, ttl or UNTIL_FINISHED_CAP):
-                envelope.meta["stem.unique"] = {"key": key, "until": "ttl" if ttl else "finished"}
-                return None
-            owner = await self.locks.owner_of(key)
-            if owner is not None:
-                self.duplicates += 1
-                log.info("task %s is a duplicate of %s (unique key %s)", envelope.task, owner, key)
-                return owner
-        # The lock kept expiring between our two reads: claim it on the next enqueue.
         envelope.meta["stem.unique"] = {"key": key, "until": "ttl" if ttl else "finished"}
-        return None
+        return UniqueClaim(key=key, ttl=ttl or UNTIL_FINISHED_CAP)
+
+    def note_duplicate(self, envelope: Envelope, existing_id: str) -> None:
+        self.duplicates += 1
+        log.info("task %s is a duplicate of %s", envelope.task, existing_id)
 
     def release(self, envelope: Envelope) -> Awaitable[Any]:
-        """Free an until-finished lock once the task reached a final state."""
+        """Free an until-finished claim once the task reached a final state."""
         claim = envelope.meta.get("stem.unique") if envelope.meta else None
         if isinstance(claim, dict) and claim.get("until") == "finished":
             return self.locks.release(str(claim.get("key")), envelope.id)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from stem import Clock
@@ -14,14 +14,17 @@ from stem.contracts import (
     BrokerCapabilities,
     DeadLetter,
     Delivery,
+    LockStore,
     Message,
     QueueStats,
     ResultBackend,
     TaskStatus,
+    UniqueClaim,
 )
 
 from ._backend import SqliteResultBackend, store_statuses
 from ._connection import Client, FileStore
+from ._stores import ACQUIRE_LOCK, SqliteLockStore
 from ._support import to_json
 from ._url import (
     DEFAULT_BUSY_TIMEOUT,
@@ -138,20 +141,54 @@ class SqliteBroker(FileStore, Broker):
 
     # -- publishing -------------------------------------------------------------------
 
-    async def publish_many(self, messages: Sequence[Message]) -> None:
-        if not messages:
-            return
-        now = self.clock.now()
+    def _rows(self, messages: Sequence[Message], now: float) -> list[tuple[Any, ...]]:
         rows = []
         for m in messages:
             due = m.eta if m.eta is not None else now
             rows.append(
                 (m.queue, m.id, m.body, m.priority, m.eta, due, _DELAYED if due > now else _READY)
             )
+        return rows
+
+    async def publish_many(self, messages: Sequence[Message]) -> None:
+        if not messages:
+            return
         queues = [(q,) for q in dict.fromkeys(m.queue for m in messages)]
         db = await self._db()
-        await db.write(_publish, rows, queues)
+        await db.write(_publish, self._rows(messages, self.clock.now()), queues)
         db.signals.queues_changed()
+
+    async def enqueue(
+        self,
+        messages: Sequence[Message],
+        statuses: Sequence[tuple[TaskStatus, float | None]],
+        backend: ResultBackend,
+        *,
+        claims: Sequence[UniqueClaim | None] = (),
+        locks: LockStore | None = None,
+    ) -> list[str | None]:
+        """Claims, statuses and messages in one transaction, when they share this file."""
+        db = await self._db()
+        shared = isinstance(backend, SqliteResultBackend) and await backend._db() is db
+        if any(claims):
+            shared = shared and isinstance(locks, SqliteLockStore) and await locks._db() is db
+        if not shared or not messages:
+            return await super().enqueue(messages, statuses, backend, claims=claims, locks=locks)
+        assert isinstance(backend, SqliteResultBackend)
+        status_rows, now = backend.status_rows(statuses) if statuses else ([], self.clock.now())
+        wanted = [
+            (index, claim.key, messages[index].id, now + claim.ttl)
+            for index, claim in enumerate(claims)
+            if claim is not None
+        ]
+        queues = [(q,) for q in dict.fromkeys(m.queue for m in messages)]
+        existing: list[str | None] = await db.write(
+            _enqueue, self._rows(messages, now), queues, status_rows, wanted, now
+        )
+        db.signals.queues_changed()
+        if status_rows:
+            db.signals.statuses_changed([row[0] for row in status_rows])
+        return existing
 
     # -- consuming ----------------------------------------------------------------------
 
@@ -309,13 +346,18 @@ class SqliteBroker(FileStore, Broker):
         return _dead_letter(rows[0]) if rows else None
 
     async def replay_dead_letters(
-        self, queue: str, message_ids: Sequence[str] | None = None, *, delay: float | None = None
+        self,
+        queue: str,
+        message_ids: Sequence[str] | None = None,
+        *,
+        delay: float | None = None,
+        bodies: Mapping[str, bytes] | None = None,
     ) -> int:
         now = self.clock.now()
         eta = now + delay if delay else None
         ids = None if message_ids is None else _json_list(message_ids)
         db = await self._db()
-        count = await db.write(_replay, queue, ids, eta, now)
+        count = await db.write(_replay, queue, ids, eta, now, dict(bodies or {}))
         if count:
             db.signals.queues_changed()
         return count
@@ -360,23 +402,189 @@ def _publish(
     conn.executemany(_BUMP, queues)
 
 
+def _enqueue(
+    conn: sqlite3.Connection,
+    rows: list[tuple[Any, ...]],
+    queues: list[tuple[str]],
+    status_rows: list[tuple[Any, ...]],
+    claims: list[tuple[int, str, str, float]],
+    now: float,
+) -> list[str | None]:
+    existing: list[str | None] = [None] * len(rows)
+    claimed: set[str] = set()  # owners of this batch: live, though their status comes later
+    for index, key, owner, until in claims:
+        params = {"key": key, "owner": owner, "until": until, "now": now}
+        if conn.execute(ACQUIRE_LOCK, params).rowcount == 1:
+            claimed.add(owner)
+            continue
+        (holder,) = conn.execute("SELECT owner FROM stem_locks WHERE key = ?", (key,)).fetchone()
+        alive = (
+            holder in claimed
+            or conn.execute(
+                "SELECT 1 FROM stem_task_statuses"
+                " WHERE id = ? AND (expires_at IS NULL OR expires_at > ?)",
+                (holder, now),
+            ).fetchone()
+        )
+        if alive:
+            existing[index] = holder
+        else:
+            claimed.add(owner)
+            # The holder's task does not exist (its producer died before publishing,
+            # or its record expired): the claim is not honoured.
+            conn.execute(
+                "UPDATE stem_locks SET owner = ?, expires_at = ? WHERE key = ?", (owner, until, key)
+            )
+    keep = [i for i, holder in enumerate(existing) if holder is None]
+    published = {rows[i][1] for i in keep}
+    store_statuses(conn, [r for r in status_rows if r[0] in published], now, False)
+    _publish(conn, [rows[i] for i in keep], queues)
+    return existing
+
+
+# A row that another program wrote with a time Stem cannot read (TEXT or a BLOB, or a
+# lease without an end) would never become ready, or stay leased for good, and its
+# time would reach next_due: make it ready, so the lease below hands it out and
+# row_problems judges it. The literal '' selects the TEXT and BLOB values (they sort
+# after every number) through the partial indexes, so this costs three index probes.
+_PROMOTE_UNREADABLE = (
+    "UPDATE stem_messages SET state = 0, receipt = NULL, lease_until = NULL WHERE seq IN ("
+    "SELECT seq FROM stem_messages WHERE queue = :queue AND state = 1 AND due >= ''"
+    " UNION ALL SELECT seq FROM stem_messages"
+    " WHERE queue = :queue AND state = 2 AND lease_until >= ''"
+    " UNION ALL SELECT seq FROM stem_messages"
+    " WHERE queue = :queue AND state = 2 AND lease_until IS NULL)"
+)
+_MALFORMED_ADVICE = (
+    "Stem writes each column as: id TEXT, body a BLOB (an encoded message), priority an "
+    "INTEGER, eta and due REAL seconds since the epoch. Publish through Stem; or fix the "
+    "body of this dead letter and replay it, or purge it"
+)
+
+
+def _kind(value: object) -> str:
+    """An SQLite value, described for a person fixing the row."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, bytes):
+        return f"a BLOB of {len(value)} bytes"
+    if isinstance(value, str):
+        if not _is_utf8(value):
+            return "TEXT that is not valid UTF-8"
+        return f"TEXT {value[:40]!r}"
+    if isinstance(value, int):
+        return f"the INTEGER {value}"
+    return f"the REAL {value!r}"
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # read with surrogate escapes: see _reserve
+        return False
+    return True
+
+
+def _is_number(value: object) -> bool:
+    return type(value) is int or type(value) is float
+
+
+def row_problems(row: tuple[Any, ...]) -> str | None:
+    """What is wrong with a row of stem_messages, or None if Stem can hand it out.
+
+    ``row`` is ``(seq, id, body, priority, eta, due, deliveries)`` as SQLite returned them.
+    """
+    _, mid, body, priority, eta, due, deliveries = row
+    problems = []
+    if not (isinstance(mid, str) and _is_utf8(mid)):
+        problems.append(f"id is {_kind(mid)}, not TEXT")
+    if not isinstance(body, bytes):
+        problems.append(f"body is {_kind(body)}, not a BLOB")
+    if type(priority) is not int:
+        problems.append(f"priority is {_kind(priority)}, not an INTEGER")
+    if eta is not None and not _is_number(eta):
+        problems.append(f"eta is {_kind(eta)}, not a REAL or NULL")
+    if not _is_number(due):
+        problems.append(f"due is {_kind(due)}, not a REAL")
+    if type(deliveries) is not int:
+        problems.append(f"deliveries is {_kind(deliveries)}, not an INTEGER")
+    return "; ".join(problems) or None
+
+
+def _bury_malformed(
+    conn: sqlite3.Connection, queue: str, row: tuple[Any, ...], problems: str, now: float
+) -> None:
+    """Move a row Stem cannot hand out to the dead letters, its columns made readable."""
+    seq, mid, body, priority, eta, _, deliveries, _ = row
+    if isinstance(mid, str):
+        mid = mid.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    elif isinstance(mid, bytes):
+        mid = mid.decode("utf-8", "replace")
+    else:
+        mid = f"row-{seq}" if mid is None else str(mid)
+    if isinstance(body, str):
+        body = body.encode("utf-8", "surrogateescape")  # the bytes the program wrote
+    elif not isinstance(body, bytes):
+        body = b"" if body is None else str(body).encode()
+    conn.execute("DELETE FROM stem_messages WHERE seq = ?", (seq,))
+    conn.execute(
+        f"INSERT INTO stem_dead_letters ({_DEAD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            queue,
+            mid,
+            body,
+            priority if type(priority) is int else 0,
+            eta if _is_number(eta) else None,
+            "malformed",
+            f"MalformedRow: row {seq} of stem_messages was not written by Stem: {problems}. "
+            + _MALFORMED_ADVICE,
+            None,
+            deliveries if type(deliveries) is int else 1,
+            now,
+        ),
+    )
+
+
+def _lenient_text(data: bytes) -> str:
+    return data.decode("utf-8", "surrogateescape")
+
+
 def _reserve(
     conn: sqlite3.Connection, queues: list[str], limit: int, now: float, until: float, nonce: str
 ) -> tuple[list[tuple[Any, ...]], int | None]:
     out: list[tuple[Any, ...]] = []
-    for queue in queues:
-        conn.execute(_PROMOTE_DELAYED, (queue, now))
-        conn.execute(_PROMOTE_EXPIRED, (queue, now))
-        rows = conn.execute(
-            _LEASE, {"until": until, "nonce": nonce, "queue": queue, "limit": limit - len(out)}
-        ).fetchall()
-        rows.sort(key=lambda r: (-r[3], r[5], r[0]))
-        out.extend(
-            (queue, mid, body, prio, eta, deliveries, receipt)
-            for _, mid, body, prio, eta, _, deliveries, receipt in rows
-        )
-        if len(out) >= limit:
-            return out, None
+    # TEXT that is not UTF-8 (another program's) would make fetching the batch raise on
+    # every poll: read it with escapes, and row_problems names it.
+    text_factory = conn.text_factory
+    conn.text_factory = _lenient_text
+    try:
+        for queue in queues:
+            conn.execute(_PROMOTE_DELAYED, (queue, now))
+            conn.execute(_PROMOTE_EXPIRED, (queue, now))
+            conn.execute(_PROMOTE_UNREADABLE, {"queue": queue})
+            while len(out) < limit:
+                wanted = limit - len(out)
+                rows = conn.execute(
+                    _LEASE, {"until": until, "nonce": nonce, "queue": queue, "limit": wanted}
+                ).fetchall()
+                good = []
+                for row in rows:
+                    problems = row_problems(row[:7])
+                    if problems is None:
+                        good.append(row)
+                    else:  # dead-lettered alone; the others are served
+                        _bury_malformed(conn, queue, row, problems, now)
+                good.sort(key=lambda r: (-r[3], r[5], r[0]))
+                out.extend(
+                    (queue, mid, body, prio, eta, deliveries, receipt)
+                    for _, mid, body, prio, eta, _, deliveries, receipt in good
+                )
+                if len(rows) < wanted or len(good) == len(rows):
+                    break  # drained, or nothing was set aside: no more to ask for
+            if len(out) >= limit:
+                return out, None
+    finally:
+        conn.text_factory = text_factory
     # The queues look drained: note their version in this same transaction, so a
     # wait that follows notices anything published after this read.
     return out, _signal(conn, _json_list(queues))
@@ -463,29 +671,31 @@ _DEAD_CHOICE = "queue = :queue AND (:ids IS NULL OR id IN (SELECT value FROM jso
 
 
 def _replay(
-    conn: sqlite3.Connection, queue: str, ids: str | None, eta: float | None, now: float
+    conn: sqlite3.Connection,
+    queue: str,
+    ids: str | None,
+    eta: float | None,
+    now: float,
+    bodies: dict[str, bytes],
 ) -> int:
     due = eta if eta is not None else now
-    params = {
-        "queue": queue,
-        "ids": ids,
-        "eta": eta,
-        "due": due,
-        "state": _DELAYED if due > now else _READY,
-    }
-    count = conn.execute(
-        "INSERT INTO stem_messages (queue, id, body, priority, eta, due, state)"
-        " SELECT queue, id, body, priority, :eta, :due, :state FROM stem_dead_letters"
-        f" WHERE {_DEAD_CHOICE}"
-        " ORDER BY seq",
-        params,
-    ).rowcount
-    if count:
-        conn.execute(
-            f"DELETE FROM stem_dead_letters WHERE {_DEAD_CHOICE}", {"queue": queue, "ids": ids}
-        )
+    state = _DELAYED if due > now else _READY
+    letters = conn.execute(
+        f"DELETE FROM stem_dead_letters WHERE {_DEAD_CHOICE} RETURNING seq, id, body, priority",
+        {"queue": queue, "ids": ids},
+    ).fetchall()
+    letters.sort()  # RETURNING promises no order: back in the order they died
+    # New rows: a replayed message starts again at zero deliveries.
+    conn.executemany(
+        _INSERT,
+        [
+            (queue, mid, bodies.get(mid, body), priority, eta, due, state)
+            for _, mid, body, priority in letters
+        ],
+    )
+    if letters:
         conn.execute(_BUMP, (queue,))
-    return count
+    return len(letters)
 
 
 def _purge_dead(conn: sqlite3.Connection, queue: str, ids: str | None) -> int:

@@ -11,6 +11,13 @@ coroutine's statements, and SQLite's write lock is never held across an ``await`
 The rejected alternative, ``await``-ing ``BEGIN``, each statement and ``COMMIT``
 under an asyncio lock, costs three to five thread hops per transaction and holds
 the file's write lock while other coroutines run.
+
+A connection keeps the file it opened even if the path is deleted or replaced, while
+other processes open the new file: the two would never meet again. So each
+connection remembers its file's identity (device and inode) and, at most every
+:data:`FILE_CHECK_INTERVAL` seconds, before a transaction, checks that the path
+still names that file; if not, that transaction and every later one raise
+:class:`stem.StoreLostError`.
 """
 
 from __future__ import annotations
@@ -26,16 +33,20 @@ from typing import Any, TypeVar, cast
 
 import aiosqlite
 
-from stem import AdapterError
+from stem import AdapterError, StoreLostError
 
 from ._errors import translate, translate_os_error
 from ._schema import check_version, migrate, read_version
 from ._url import SqliteOptions
 from ._wake import Signals, signals_for
 
-__all__ = ["Client", "Database", "open_database"]
+__all__ = ["FILE_CHECK_INTERVAL", "Client", "Database", "open_database"]
 
 T = TypeVar("T")
+
+#: Longest time (monotonic seconds) between two checks that the path still names the
+#: file a connection opened: one stat() per connection per interval, however busy.
+FILE_CHECK_INTERVAL = 1.0
 
 
 def open_database(path: str, busy_timeout: float) -> sqlite3.Connection:
@@ -112,17 +123,44 @@ def _prepare(conn: sqlite3.Connection, path: str, busy_timeout: float) -> None:
             pause = min(pause * 2, 0.05)
 
 
+def _identity(path: str) -> tuple[int, int] | None:
+    """The file ``path`` names now (device, inode); None if there is none."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _open(path: str, busy_timeout: float) -> tuple[sqlite3.Connection, tuple[int, int] | None]:
+    conn = open_database(path, busy_timeout)
+    try:
+        return conn, _identity(path)
+    except BaseException:
+        conn.close()
+        raise
+
+
 class Database:
     """One open connection to one file, used by every store of that file in one event loop."""
 
     def __init__(
-        self, options: SqliteOptions, conn: aiosqlite.Connection, raw: sqlite3.Connection
+        self,
+        options: SqliteOptions,
+        conn: aiosqlite.Connection,
+        raw: sqlite3.Connection,
+        identity: tuple[int, int] | None = None,
     ) -> None:
         self.path = options.path
         self.busy_timeout = options.busy_timeout
         self.signals: Signals = signals_for(options.path)
         self._conn = conn
         self._raw = raw
+        # The file opened, and when to check next that the path still names it (both
+        # used only on the connection's thread); the error once it does not.
+        self._identity = identity
+        self._next_check = time.monotonic() + FILE_CHECK_INTERVAL
+        self._lost: str | None = None
         # aiosqlite's way to run a function on its thread; private, but stable since 0.1
         # and the only way to run a whole transaction in one hop (see the module docstring).
         self._submit = cast(Callable[..., Any], conn._execute)
@@ -132,7 +170,7 @@ class Database:
         # Opening can fail (bad path, not a database, newer schema), so it runs on a worker
         # thread of its own and aiosqlite only receives a connection that works: a connector
         # that raises leaves aiosqlite's thread to finish after our event loop may be gone.
-        raw = await asyncio.to_thread(open_database, options.path, options.busy_timeout)
+        raw, identity = await asyncio.to_thread(_open, options.path, options.busy_timeout)
         conn = aiosqlite.Connection(lambda: raw, 64)
         _make_daemon(conn)
         try:
@@ -140,9 +178,34 @@ class Database:
         except BaseException:
             raw.close()
             raise
-        return cls(options, conn, raw)
+        return cls(options, conn, raw, identity)
+
+    def _check_file(self) -> None:
+        """Raise StoreLostError if the path no longer names the file this connection has open."""
+        if self._lost is None:
+            now = time.monotonic()
+            if now < self._next_check or self._identity is None:
+                return
+            self._next_check = now + FILE_CHECK_INTERVAL
+            try:
+                current = _identity(self.path)
+            except OSError:
+                return  # cannot tell (a directory made unreadable): carry on
+            if current == self._identity:
+                return
+            self._lost = (
+                f"the SQLite database {self.path} was "
+                + ("deleted" if current is None else "replaced by another file")
+                + " while this process had it open: what it writes now would reach no other "
+                "process, and messages published to the file now at that path would never "
+                "reach it. Stop every process that uses the database (workers stop by "
+                "themselves), put the right file in place if it was a mistake, then start them "
+                "again"
+            )
+        raise StoreLostError(self._lost)
 
     def _call(self, fn: Callable[..., T], args: tuple[Any, ...], begin: str | None) -> T:
+        self._check_file()
         raw = self._raw
         try:
             if begin is None:

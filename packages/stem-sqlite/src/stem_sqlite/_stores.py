@@ -56,18 +56,10 @@ class SqliteLockStore(FileStore, LockStore):
     async def acquire(self, key: str, owner: str, ttl: float) -> bool:
         now = self.clock.now()
         db = await self._db()
-        # Insert, or take over a lock that expired or that ``owner`` already holds; the
-        # conflict clause's WHERE makes it one atomic test-and-set, and rowcount says who won.
-        sql = (
-            "INSERT INTO stem_locks (key, owner, expires_at) VALUES (:key, :owner, :until)"
-            " ON CONFLICT (key) DO UPDATE"
-            " SET owner = excluded.owner, expires_at = excluded.expires_at"
-            " WHERE stem_locks.expires_at <= :now OR stem_locks.owner = excluded.owner"
-        )
         params = {"key": key, "owner": owner, "until": now + ttl, "now": now}
         if self._sweeper.due():  # unique-task keys pile up; clear the expired ones now and then
-            return await db.write(_acquire_and_sweep, sql, params, now)
-        return await db.run(changed, sql, params) == 1
+            return await db.write(_acquire_and_sweep, ACQUIRE_LOCK, params, now)
+        return await db.run(changed, ACQUIRE_LOCK, params) == 1
 
     async def renew(self, key: str, owner: str, ttl: float) -> bool:
         now = self.clock.now()
@@ -106,6 +98,16 @@ class SqliteLockStore(FileStore, LockStore):
         await self._client.aclose()
 
 
+#: Insert, or take over a lock that expired or that ``owner`` already holds; the conflict
+#: clause's WHERE makes it one atomic test-and-set, and rowcount says who won.
+ACQUIRE_LOCK = (
+    "INSERT INTO stem_locks (key, owner, expires_at) VALUES (:key, :owner, :until)"
+    " ON CONFLICT (key) DO UPDATE"
+    " SET owner = excluded.owner, expires_at = excluded.expires_at"
+    " WHERE stem_locks.expires_at <= :now OR stem_locks.owner = excluded.owner"
+)
+
+
 def _acquire_and_sweep(
     conn: sqlite3.Connection, sql: str, params: dict[str, Any], now: float
 ) -> bool:
@@ -137,9 +139,9 @@ class SqliteRevokeStore(FileStore, RevokeStore):
         self._client = _client(path, busy_timeout, share_connection)
         self._sweeper = Sweeper(self.clock)
 
-    async def revoke(self, entry: RevokeEntry) -> None:
+    async def revoke(self, entry: RevokeEntry) -> RevokeEntry:
         db = await self._db()
-        await db.write(
+        seq = await db.write(
             _store_revoke,
             entry.task_id,
             entry.revoked_at,
@@ -148,26 +150,31 @@ class SqliteRevokeStore(FileStore, RevokeStore):
             self.clock.now(),
             self._sweeper.due(),
         )
+        return msgspec.structs.replace(entry, seq=seq)
+
+    def _entry(self, seq: int, data: str) -> RevokeEntry:
+        entry: RevokeEntry = decode(_revoke_decoder, data, "a revocation", self.path)
+        return msgspec.structs.replace(entry, seq=seq)
 
     async def get(self, task_id: str) -> RevokeEntry | None:
         db = await self._db()
         rows = await db.run(
             fetchall,
-            "SELECT data FROM stem_revokes"
+            "SELECT seq, data FROM stem_revokes"
             " WHERE task_id = ? AND (expires_at IS NULL OR expires_at > ?)",
             (task_id, self.clock.now()),
         )
-        return decode(_revoke_decoder, rows[0][0], "a revocation", self.path) if rows else None
+        return self._entry(*rows[0]) if rows else None
 
-    async def list(self, *, since: float | None = None) -> list[RevokeEntry]:
+    async def list(self, *, since: int | None = None) -> list[RevokeEntry]:
         db = await self._db()
         rows = await db.run(
             fetchall,
-            "SELECT data FROM stem_revokes WHERE (expires_at IS NULL OR expires_at > :now)"
-            " AND (:since IS NULL OR revoked_at > :since) ORDER BY revoked_at, rowid",
-            {"now": self.clock.now(), "since": since},
+            "SELECT seq, data FROM stem_revokes WHERE seq > :since"
+            " AND (expires_at IS NULL OR expires_at > :now) ORDER BY seq",
+            {"now": self.clock.now(), "since": since or 0},
         )
-        return [decode(_revoke_decoder, data, "a revocation", self.path) for (data,) in rows]
+        return [self._entry(seq, data) for seq, data in rows]
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -181,16 +188,18 @@ def _store_revoke(
     data: str,
     now: float,
     sweep: bool,
-) -> None:
-    # REPLACE gives the row a new rowid: a revocation made again lists as the newest of
-    # those revoked at the same time, as the in-memory store does.
-    conn.execute(
-        "INSERT OR REPLACE INTO stem_revokes (task_id, revoked_at, expires_at, data)"
-        " VALUES (?, ?, ?, ?)",
+) -> int:
+    # Delete then insert: a revocation made again gets a new, larger seq, so readers
+    # that saw the old one see it again (its terminate flag may have changed).
+    conn.execute("DELETE FROM stem_revokes WHERE task_id = ?", (task_id,))
+    seq = conn.execute(
+        "INSERT INTO stem_revokes (task_id, revoked_at, expires_at, data)"
+        " VALUES (?, ?, ?, ?) RETURNING seq",
         (task_id, revoked_at, expires_at, data),
-    )
+    ).fetchone()[0]
     if sweep:
-        sweep_expired(conn, "stem_revokes", "rowid", now)
+        sweep_expired(conn, "stem_revokes", "seq", now)
+    return int(seq)
 
 
 class SqliteScheduleStore(FileStore, ScheduleStore):

@@ -11,11 +11,12 @@ from .._messages import (
     RevokeEntry,
     TaskState,
     TaskStatus,
+    UniqueClaim,
     WorkerHeartbeat,
 )
 from ._adapter import Adapter
 from ._backend import ResultBackend
-from ._broker import Broker, BrokerCapabilities
+from ._broker import Broker, BrokerCapabilities, claim_unique
 from ._locks import LockStore, RevokeStore
 from ._ratelimit import RateLimiter
 from ._schedule import ScheduleEntry, ScheduleStore
@@ -45,8 +46,10 @@ __all__ = [
     "StepCheckpoint",
     "TaskState",
     "TaskStatus",
+    "UniqueClaim",
     "Watcher",
     "WorkerHeartbeat",
     "WorkflowRun",
     "WorkflowStore",
+    "claim_unique",
 ]

@@ -3,11 +3,26 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator, Sequence
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Mapping, Sequence, Set
+from typing import Any
+
+import msgspec
 
 from .._clock import Clock, SystemClock
-from .._messages import DeadLetter, Delivery, Message, QueueStats, TaskStatus
+from .._messages import (
+    DeadLetter,
+    Delivery,
+    Message,
+    QueueStats,
+    TaskError,
+    TaskState,
+    TaskStatus,
+    UniqueClaim,
+)
 from ._backend import ResultBackend
+from ._locks import LockStore
 
 __all__ = ["Broker", "BrokerCapabilities"]
 
@@ -69,6 +84,66 @@ class Broker(abc.ABC):
 
     async def publish(self, message: Message) -> None:
         await self.publish_many([message])
+
+    async def enqueue(
+        self,
+        messages: Sequence[Message],
+        statuses: Sequence[tuple[TaskStatus, float | None]],
+        backend: ResultBackend,
+        *,
+        claims: Sequence[UniqueClaim | None] = (),
+        locks: LockStore | None = None,
+    ) -> list[str | None]:
+        """The producer's publish: messages with their ``queued`` statuses and unique claims.
+
+        ``statuses`` and ``claims`` (if given) line up with ``messages``. A message
+        whose claim is held by another live task is a duplicate: it is neither
+        published nor given a status, and its place in the returned list holds the
+        id of the task that holds the claim (None for every message published).
+
+        The promises: claims, statuses and messages are stored together or not at
+        all (claims taken by a failed or cancelled call are released); a status is
+        stored before its message can be delivered, so it never overwrites what a
+        worker writes; a claim whose task has no status (its producer died between
+        claim and publish, or its status expired) is not honoured, and is taken over.
+
+        This default does it in several steps, releasing on failure; a claim taken
+        a moment before its holder's status is written can be taken over by a
+        concurrent producer. Adapters whose broker, backend and locks share one
+        store override it to do everything in one transaction (SQLite does).
+        """
+        if claims and locks is None:
+            raise ValueError("claims need the LockStore that holds them")
+        existing: list[str | None] = [None] * len(messages)
+        taken: list[tuple[str, str]] = []
+        try:
+            for index, claim in enumerate(claims):
+                if claim is None:
+                    continue
+                assert locks is not None
+                owner = messages[index].id
+                holder = await claim_unique(
+                    locks, backend, claim, owner, alive={o for _, o in taken}
+                )
+                if holder is None:
+                    taken.append((claim.key, owner))
+                else:
+                    existing[index] = holder
+            keep = [i for i, holder in enumerate(existing) if holder is None]
+            if statuses:
+                await backend.set_statuses([statuses[i] for i in keep])
+            try:
+                await self.publish_many([messages[i] for i in keep])
+            except BaseException as exc:
+                if statuses:
+                    await _shielded(backend.set_statuses(_unpublished(statuses, keep, exc)))
+                raise
+        except BaseException:
+            if locks is not None:
+                for key, owner in taken:
+                    await _shielded(locks.release(key, owner))
+            raise
+        return existing
 
     # -- consuming ----------------------------------------------------------------------
 
@@ -173,9 +248,19 @@ class Broker(abc.ABC):
 
     @abc.abstractmethod
     async def replay_dead_letters(
-        self, queue: str, message_ids: Sequence[str] | None = None, *, delay: float | None = None
+        self,
+        queue: str,
+        message_ids: Sequence[str] | None = None,
+        *,
+        delay: float | None = None,
+        bodies: Mapping[str, bytes] | None = None,
     ) -> int:
-        """Put dead letters (all, or those named) back on their queue; returns how many."""
+        """Put dead letters (all, or those named) back on their queue; returns how many.
+
+        A replayed message starts afresh: its delivery count is zero again (the poison
+        check counts from there). ``bodies`` replaces the body of the messages it names
+        (the app uses it to restart the retry budget kept in the envelope).
+        """
 
     @abc.abstractmethod
     async def purge_dead_letters(self, queue: str, message_ids: Sequence[str] | None = None) -> int:
@@ -199,3 +284,51 @@ class Broker(abc.ABC):
 
     async def aclose(self) -> None:
         """Release connections; the broker is not used after this."""
+
+
+async def claim_unique(
+    locks: LockStore,
+    backend: ResultBackend,
+    claim: UniqueClaim,
+    owner: str,
+    *,
+    alive: Set[str] = frozenset(),
+) -> str | None:
+    """Take ``claim`` for ``owner``; returns the id of the live task holding it, or None.
+
+    A holder with no stored status is a task that was never published (or whose
+    record expired): its claim is released and taken over. ``alive`` names holders
+    known to be live without a status yet (earlier messages of the same batch).
+    """
+    for _ in range(5):
+        if await locks.acquire(claim.key, owner, claim.ttl):
+            return None
+        holder = await locks.owner_of(claim.key)
+        if holder is None:
+            continue  # expired between the two reads: try again
+        if holder in alive or await backend.get_status(holder) is not None:
+            return holder
+        await locks.release(claim.key, holder)
+    # The claim kept changing hands under us: publishing a second copy is better than
+    # losing the task.
+    return None
+
+
+def _unpublished(
+    statuses: Sequence[tuple[TaskStatus, float | None]], keep: list[int], exc: BaseException
+) -> list[tuple[TaskStatus, float | None]]:
+    """Statuses that say a publish failed, in place of the ``queued`` ones already stored."""
+    error = TaskError(
+        type="EnqueueFailed",
+        message=f"the message was never published: {type(exc).__name__}: {exc}",
+    )
+    return [
+        (msgspec.structs.replace(statuses[i][0], state=TaskState.FAILED, error=error), None)
+        for i in keep
+    ]
+
+
+async def _shielded(awaitable: Any) -> None:
+    """Run clean-up to its end even if the caller is being cancelled; never raise."""
+    with contextlib.suppress(Exception):
+        await asyncio.shield(awaitable)

@@ -44,14 +44,25 @@ class LockStore(abc.ABC):
 
 
 class RevokeStore(abc.ABC):
-    """Persisted revocations, so a revoked task stays revoked across worker restarts."""
+    """Persisted revocations, so a revoked task stays revoked across worker restarts.
+
+    * ``revoke`` gives the entry a ``seq`` larger than that of every revocation
+      committed before it (revoking a task again gives it a new, larger one), so
+      ``list(since=n)`` returns everything recorded after the reader saw ``n``,
+      whatever the clocks of the processes that revoked.
+    * An entry whose ``expires_at`` has passed is gone: ``get`` and ``list`` leave it
+      out, and the store may delete it.
+    """
 
     def __init__(self, *, clock: Clock | None = None) -> None:
         self.clock: Clock = clock or SystemClock()
 
     @abc.abstractmethod
-    async def revoke(self, entry: RevokeEntry) -> None:
-        """Record a revocation (replacing an earlier one for the same task id)."""
+    async def revoke(self, entry: RevokeEntry) -> RevokeEntry:
+        """Record a revocation (replacing an earlier one for the same task id).
+
+        Returns the entry as stored, with its ``seq``.
+        """
 
     @abc.abstractmethod
     async def get(self, task_id: str) -> RevokeEntry | None:
@@ -61,8 +72,8 @@ class RevokeStore(abc.ABC):
         return await self.get(task_id) is not None
 
     @abc.abstractmethod
-    async def list(self, *, since: float | None = None) -> builtins.list[RevokeEntry]:
-        """Live revocations, oldest first; with ``since``, only those revoked after it."""
+    async def list(self, *, since: int | None = None) -> builtins.list[RevokeEntry]:
+        """Live revocations in ``seq`` order; with ``since``, only those whose seq is larger."""
 
     async def aclose(self) -> None:
         """Release connections."""

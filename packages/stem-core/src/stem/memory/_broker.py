@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from msgspec.structs import replace
@@ -206,11 +206,23 @@ class MemoryBroker(Broker):
         return chosen
 
     async def replay_dead_letters(
-        self, queue: str, message_ids: Sequence[str] | None = None, *, delay: float | None = None
+        self,
+        queue: str,
+        message_ids: Sequence[str] | None = None,
+        *,
+        delay: float | None = None,
+        bodies: Mapping[str, bytes] | None = None,
     ) -> int:
         chosen = self._select_dead(queue, message_ids)
         eta = self.clock.now() + delay if delay else None
-        await self.publish_many([replace(d.message, eta=eta) for d in chosen])
+        bodies = bodies or {}
+        # Published anew: a new entry, so its delivery count starts again at zero.
+        await self.publish_many(
+            [
+                replace(d.message, eta=eta, body=bodies.get(d.message.id, d.message.body))
+                for d in chosen
+            ]
+        )
         return len(chosen)
 
     async def purge_dead_letters(self, queue: str, message_ids: Sequence[str] | None = None) -> int:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
+
+import msgspec
+
 from .._clock import Clock
 from .._messages import RevokeEntry
 from ..contracts import LockStore, RevokeStore
@@ -47,7 +51,8 @@ class MemoryLockStore(LockStore):
 class MemoryRevokeStore(RevokeStore):
     def __init__(self, *, clock: Clock | None = None) -> None:
         super().__init__(clock=clock)
-        self._entries: dict[str, RevokeEntry] = {}
+        self._entries: dict[str, RevokeEntry] = {}  # in seq order: a new revoke goes last
+        self._seq = itertools.count(1)
 
     def _live(self) -> list[RevokeEntry]:
         now = self.clock.now()
@@ -55,15 +60,17 @@ class MemoryRevokeStore(RevokeStore):
             t for t, e in self._entries.items() if e.expires_at is not None and e.expires_at <= now
         ]:
             del self._entries[tid]
-        return sorted(self._entries.values(), key=lambda e: e.revoked_at)
+        return list(self._entries.values())
 
-    async def revoke(self, entry: RevokeEntry) -> None:
+    async def revoke(self, entry: RevokeEntry) -> RevokeEntry:
+        stored = msgspec.structs.replace(entry, seq=next(self._seq))
         self._entries.pop(entry.task_id, None)
-        self._entries[entry.task_id] = entry
+        self._entries[entry.task_id] = stored
+        return stored
 
     async def get(self, task_id: str) -> RevokeEntry | None:
         self._live()
         return self._entries.get(task_id)
 
-    async def list(self, *, since: float | None = None) -> list[RevokeEntry]:
-        return [e for e in self._live() if since is None or e.revoked_at > since]
+    async def list(self, *, since: int | None = None) -> list[RevokeEntry]:
+        return [e for e in self._live() if since is None or e.seq > since]

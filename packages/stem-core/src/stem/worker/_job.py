@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -13,11 +13,10 @@ import msgspec
 
 from .._codec import decode_envelope, encode_envelope
 from .._errors import DecodeError, SoftTimeLimitExceeded, TimeLimitExceeded
-from .._execute import execute
+from .._execute import Interrupted, decode_payload, execute
 from .._messages import Delivery, Envelope, Message, TaskError
 from .._task import Task, TaskContext, _Runtime
-from ._interrupt import Interruptible, raise_in_thread
-from ._process import ChildLost
+from ._interrupt import Interruptible
 
 if TYPE_CHECKING:
     from ._worker import Worker
@@ -27,7 +26,7 @@ __all__ = ["Job", "Terminated", "retry_message"]
 log = logging.getLogger("stem.worker")
 
 
-class Terminated(BaseException):
+class Terminated(Interrupted):
     """Thrown into a handler stopped by a terminate revocation or a forced shutdown.
 
     A BaseException, so a handler's ``except Exception`` does not swallow it.
@@ -53,20 +52,25 @@ class Job:
 
     async def handle(self) -> None:
         worker, app, delivery = self.worker, self.worker.app, self.delivery
-        try:
-            envelope = self.envelope = decode_envelope(delivery.message.body)
-        except DecodeError as exc:
-            await worker.dead_letter(
-                self, "malformed", TaskError(type="DecodeError", message=str(exc))
-            )
-            return
         if delivery.deliveries > worker.max_deliveries:
+            # Checked before anything else, decoding included, so that it bounds every
+            # way a delivery can end without a result, even one nobody foresaw.
+            with contextlib.suppress(DecodeError):
+                self.envelope = decode_envelope(delivery.message.body)  # for its status
             error = TaskError(
                 type="PoisonMessage",
                 message=f"delivered {delivery.deliveries} times without finishing: the worker running "
                 "it crashed, was killed (out of memory?) or the task hit a hard time limit each time",
             )
-            await worker.dead_letter(self, "poison", error)
+            await worker.quarantine(self, error)  # poison, unless its task already ended
+            return
+        try:
+            envelope = self.envelope = decode_envelope(delivery.message.body)
+        except DecodeError as exc:
+            # Whatever is wrong with it, it will be as wrong on every delivery.
+            await worker.dead_letter(
+                self, "malformed", TaskError(type="DecodeError", message=str(exc))
+            )
             return
         await app.hooks.emit("on_consume", envelope=envelope, delivery=delivery)
         if envelope.id in worker.revoked:
@@ -110,7 +114,7 @@ class Job:
         await app.hooks.emit("before_execute", ctx=ctx)
         try:
             outcome = await execute(app, task, ctx, self._invoke)
-        except (Terminated, ChildLost) as exc:
+        except Interrupted as exc:  # Terminated, or ChildLost
             if self.revoked:
                 await worker.finish_revoked(self, "terminated while running")
             else:
@@ -119,7 +123,7 @@ class Job:
                     "task %s[%s] ended without a result (%s); it will be redelivered",
                     task.name,
                     envelope.id,
-                    exc,
+                    _why(exc),
                 )
                 await worker.broker.nack(self.delivery, requeue=True)
             return
@@ -154,11 +158,18 @@ class Job:
         )
 
         async def drive() -> Any:
-            return await driver
+            try:
+                return await driver
+            except (SystemExit, KeyboardInterrupt) as exc:
+                # Raised out of an asyncio task, these would stop the worker's loop: carry
+                # them to the job's task, where execute() records them as the failure.
+                raise _Carried(exc) from None
 
         handler = asyncio.ensure_future(drive())
         try:
             return await self._within(handler, hard)
+        except _Carried as carried:
+            raise carried.exc from None
         finally:
             for timer in timers:
                 timer.cancel()
@@ -173,21 +184,20 @@ class Job:
         soft: float | None,
         hard: float | None,
     ) -> Any:
-        ident: list[int] = []
-
-        def call() -> Any:
-            ident.append(threading.get_ident())
-            return fn(*args, **kwargs)
+        threads = self.worker.threads
+        call = threads.submit(fn, args, kwargs)
 
         def interrupt(exc: BaseException) -> None:
-            if ident:
-                raise_in_thread(ident[0], type(exc))
+            call.interrupt(type(exc))
 
         self.interrupt = interrupt
-        future = asyncio.get_running_loop().run_in_executor(self.worker.threads, call)
-        timers = self._timers(soft, lambda: interrupt(SoftTimeLimitExceeded()))
+        timers = self._timers(soft, lambda: call.interrupt(SoftTimeLimitExceeded))
         try:
-            return await self._within(future, hard, on_timeout=lambda: interrupt(Terminated()))
+            # Past the hard limit the task fails at once; the thread is interrupted and,
+            # if it does not stop (a blocking C call), replaced so the pool keeps its size.
+            return await self._within(
+                call.future, hard, on_timeout=lambda: threads.abandon(call, Terminated)
+            )
         finally:
             for timer in timers:
                 timer.cancel()
@@ -202,12 +212,15 @@ class Job:
         hard: float | None,
     ) -> Any:
         envelope = ctx.envelope
+        # The child binds and converts the arguments itself, from what the payload encoder
+        # decoded (plain data), so its handler gets the same values a thread's would.
+        plain_args, plain_kwargs = decode_payload(self.worker.app, envelope)
         job = {
             "module": task.fn.__module__,
             "qualname": task.fn.__qualname__,
             "takes_context": task.takes_context,
-            "args": args,
-            "kwargs": kwargs,
+            "args": plain_args,
+            "kwargs": plain_kwargs,
             "id": envelope.id,
             "task": envelope.task,
             "attempt": envelope.attempt,
@@ -260,6 +273,23 @@ class Job:
         if on_timeout is not None:
             on_timeout()
         raise TimeLimitExceeded(f"hard time limit of {hard:g}s passed; the handler was stopped")
+
+
+class _Carried(Exception):
+    """Carries a SystemExit or KeyboardInterrupt out of a handler's own asyncio task."""
+
+    def __init__(self, exc: BaseException) -> None:
+        super().__init__(repr(exc))
+        self.exc = exc
+
+
+def _why(exc: BaseException) -> str:
+    """An exception for a log line: its type, and its message if it has one."""
+    try:
+        text = str(exc)
+    except Exception:
+        text = ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 class _JobRuntime(_Runtime):

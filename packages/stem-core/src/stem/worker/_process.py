@@ -4,37 +4,79 @@
 the whole pool, so Stem keeps its own children: one pipe each, jobs and results as
 MessagePack (no pickle of payloads), SIGUSR1 for the soft time limit, SIGKILL and a
 fresh child for the hard one.
+
+A handler behaves as it would in a thread: the child binds and converts the
+arguments to the handler's annotations itself, integers of any size cross the pipe
+(MessagePack stops at 64 bits, so bigger ones travel as an extension), and a result
+that cannot be sent back is reported as such, never as the handler's failure.
+
+Children die with the worker: on Linux the kernel kills a child when its parent dies
+(``PR_SET_PDEATHSIG``), and everywhere a thread in the child exits when its watch
+pipe to the parent closes; otherwise a SIGKILLed worker's children would finish
+their tasks while the messages are delivered again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import importlib
 import multiprocessing
 import os
 import signal
 import sys
+import threading
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 
+from .._codec import encode_problem
 from .._errors import Reject, Retry, SoftTimeLimitExceeded, TimeLimitExceeded
-from .._execute import HandlerFailure
+from .._execute import HandlerFailure, Interrupted, UnstorableResult
 from .._messages import TaskError
 
 __all__ = ["ChildLost", "ProcessPool", "RemoteTaskError"]
 
-_encode = msgspec.msgpack.Encoder().encode
-_decode = msgspec.msgpack.Decoder().decode
+_BIG_INT = 1  # the MessagePack extension code of an integer beyond 64 bits, as decimal text
+_encoder = msgspec.msgpack.Encoder()
 
 
-class ChildLost(BaseException):
+def _ext_hook(code: int, data: memoryview) -> Any:
+    if code == _BIG_INT:
+        return int(bytes(data))
+    raise ValueError(f"unknown MessagePack extension {code}")
+
+
+_decode = msgspec.msgpack.Decoder(ext_hook=_ext_hook).decode
+
+
+def _encode(value: Any) -> bytes:
+    """MessagePack, with integers beyond 64 bits as an extension (the common case pays nothing)."""
+    try:
+        return _encoder.encode(value)
+    except OverflowError:
+        return _encoder.encode(_wrap_big_ints(value))
+
+
+def _wrap_big_ints(value: Any) -> Any:
+    if isinstance(value, int) and not isinstance(value, bool):
+        if -(2**63) <= value < 2**64:
+            return value
+        return msgspec.msgpack.Ext(_BIG_INT, str(value).encode())
+    if isinstance(value, dict):
+        return {_wrap_big_ints(k): _wrap_big_ints(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_wrap_big_ints(v) for v in value]
+    return value
+
+
+class ChildLost(Interrupted):
     """The child process running a task died (killed, out of memory, crashed).
 
-    A BaseException so that it is not taken for the handler's own failure: the task
-    ended without a result, and its message goes back to the queue.
+    Not the handler's own failure: the task ended without a result, and its message
+    goes back to the queue.
     """
 
 
@@ -43,9 +85,12 @@ class RemoteTaskError(HandlerFailure):
 
 
 class _Child:
-    def __init__(self, process: multiprocessing.process.BaseProcess, conn: Connection) -> None:
+    def __init__(
+        self, process: multiprocessing.process.BaseProcess, conn: Connection, watch: Connection
+    ) -> None:
         self.process = process
         self.conn = conn
+        self.watch = watch  # never written: the child exits when it closes
 
     @property
     def pid(self) -> int:
@@ -57,6 +102,7 @@ class _Child:
                 os.kill(self.pid, signal.SIGKILL)
         self.process.join(timeout=5)
         self.conn.close()
+        self.watch.close()
 
 
 class ProcessPool:
@@ -76,12 +122,17 @@ class ProcessPool:
 
     async def _spawn(self) -> _Child:
         parent, child = self._mp.Pipe()
+        watched, watch = self._mp.Pipe(duplex=False)
         process = self._mp.Process(
-            target=_child_main, args=(child, list(sys.path)), daemon=True, name="stem-child"
+            target=_child_main,
+            args=(child, list(sys.path), os.getpid(), watched),
+            daemon=True,
+            name="stem-child",
         )
         process.start()
         child.close()
-        spawned = _Child(process, parent)
+        watched.close()
+        spawned = _Child(process, parent, watch)
         self._all.add(spawned)
         # Wait for "ready": a signal sent before the child installs its handlers would kill it.
         try:
@@ -137,7 +188,7 @@ class ProcessPool:
                     result = reply.result()
                 healthy = True
                 return result
-            except RemoteTaskError:
+            except (RemoteTaskError, UnstorableResult):
                 healthy = True  # the handler failed; the child itself is fine
                 raise
             finally:
@@ -167,12 +218,14 @@ class ProcessPool:
                 continue
             if kind == "ok":
                 return message.get("value")
-            error = TaskError(**message["error"])
+            if kind == "unstorable":
+                raise UnstorableResult(message["type"], message["problem"])
             raise RemoteTaskError(
-                error,
-                retryable=bool(message.get("retryable")),
+                TaskError(**message["error"]),
                 kind=kind,
+                type_names=message.get("types"),
                 countdown=message.get("countdown"),
+                reason=message.get("reason"),
             )
 
     def kill_running(self, pid: int) -> None:
@@ -261,8 +314,12 @@ class ChildContext:
         self.progress_sync(fraction, data)
 
 
+_in_handler = False  # the soft limit interrupts a handler only, never the child's own loop
+
+
 def _raise_soft_limit(signum: int, frame: Any) -> None:
-    raise SoftTimeLimitExceeded("soft time limit exceeded")
+    if _in_handler:
+        raise SoftTimeLimitExceeded("soft time limit exceeded")
 
 
 def _resolve(module: str, qualname: str) -> Any:
@@ -272,54 +329,107 @@ def _resolve(module: str, qualname: str) -> Any:
     return target
 
 
-def _child_main(conn: Connection, path: list[str]) -> None:  # pragma: no cover - runs in the child
-    from .._execute import task_error
+_PR_SET_PDEATHSIG = 1
 
+
+def _die_with_parent(parent_pid: int, watched: Connection) -> None:  # pragma: no cover - child
+    """Make sure this child does not outlive the worker that started it."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass  # the watch below still ends the child
+    if os.getppid() != parent_pid:
+        os._exit(1)  # the parent died before the death signal was set
+    threading.Thread(
+        target=_watch_parent, args=(watched,), name="stem-parent-watch", daemon=True
+    ).start()
+
+
+def _watch_parent(watched: Connection) -> None:  # pragma: no cover - runs in the child
+    with contextlib.suppress(EOFError, OSError):
+        watched.recv_bytes()  # the parent never writes: this returns when it is gone
+    os._exit(1)
+
+
+def _child_main(  # pragma: no cover - runs in the child
+    conn: Connection, path: list[str], parent_pid: int, watched: Connection
+) -> None:
+    _die_with_parent(parent_pid, watched)
     sys.path[:] = path
     signal.signal(signal.SIGUSR1, _raise_soft_limit)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent worker decides about shutdown
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     conn.send_bytes(_encode({"kind": "ready"}))
+    bindings: dict[tuple[str, str], Any] = {}
     while True:
         try:
             job = _decode(conn.recv_bytes())
         except (EOFError, OSError):
             return
-        retry_for: tuple[type[BaseException], ...] = (Exception,)
+        reply = _run_job(conn, job, bindings)
         try:
-            target = _resolve(job["module"], job["qualname"])
-            fn = getattr(target, "fn", target)
-            retry_for = getattr(getattr(target, "options_", None), "retry_for", retry_for)
-            args = list(job["args"])
-            if job["takes_context"]:
-                args.insert(0, ChildContext(conn, job))
-            value = fn(*args, **job["kwargs"])
+            conn.send_bytes(reply)
+        except OSError:
+            return
+
+
+def _run_job(conn: Connection, job: dict[str, Any], bindings: dict[tuple[str, str], Any]) -> bytes:
+    """Run one job; the reply to send. Never raises (a failure is the reply)."""
+    global _in_handler
+    from .._execute import bind_arguments, task_error
+
+    try:
+        key = (job["module"], job["qualname"])
+        task = bindings.get(key)
+        if task is None:
+            task = bindings[key] = _binding(_resolve(*key), job["task"])
+        args, kwargs = bind_arguments(task, list(job["args"]), dict(job["kwargs"]))
+        if job["takes_context"]:
+            args.insert(0, ChildContext(conn, job))
+        _in_handler = True
+        try:
+            value = task.fn(*args, **kwargs)
             if asyncio.iscoroutine(value):
                 value = asyncio.run(value)
-            reply = {"kind": "ok", "value": value}
-            encoded = _encode(reply)
-        except Retry as exc:
-            encoded = _encode(
-                {
-                    "kind": "retry",
-                    "error": _plain(task_error(exc.exc or exc)),
-                    "countdown": exc.countdown,
-                    "retryable": True,
-                }
-            )
-        except Reject as exc:
-            encoded = _encode(
-                {"kind": "reject", "error": _plain(task_error(exc)), "retryable": False}
-            )
-        except BaseException as exc:
-            encoded = _encode(
-                {
-                    "kind": "error",
-                    "error": _plain(task_error(exc)),
-                    "retryable": isinstance(exc, retry_for),
-                }
-            )
-        conn.send_bytes(encoded)
+        finally:
+            _in_handler = False
+    except Retry as exc:
+        error = task_error(exc.exc or exc)
+        return _reply({"kind": "retry", "error": _plain(error), "countdown": exc.countdown})
+    except Reject as exc:
+        error = task_error(exc)
+        return _reply({"kind": "reject", "error": _plain(error), "reason": exc.reason})
+    except BaseException as exc:
+        names = [f"{c.__module__}.{c.__qualname__}" for c in type(exc).__mro__]
+        return _reply({"kind": "error", "error": _plain(task_error(exc)), "types": names})
+    try:
+        return _encode({"kind": "ok", "value": value})
+    except Exception as exc:
+        problem = encode_problem(exc)
+        return _reply({"kind": "unstorable", "type": type(value).__name__, "problem": problem})
+
+
+def _binding(target: Any, name: str) -> Any:
+    """What bind_arguments needs of a task: the Task itself, or one made for a plain function."""
+    from .._options import TaskOptions
+    from .._task import Task
+
+    if isinstance(target, Task):
+        return target
+    return Task(cast(Any, None), target, TaskOptions(name=name))
+
+
+def _reply(message: dict[str, Any]) -> bytes:
+    try:
+        return _encode(message)
+    except Exception as exc:  # a reason or countdown that cannot be sent, say
+        error = TaskError(
+            type="SerializationError",
+            message=f"the child process could not send its reply: {encode_problem(exc)}",
+        )
+        return _encode({"kind": "error", "error": _plain(error), "types": []})
 
 
 def _plain(error: TaskError) -> dict[str, Any]:

@@ -5,18 +5,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
+import re
 import signal
 import socket
 import uuid
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 
-from .._errors import ConfigurationError
-from .._execute import Outcome, OutcomeKind
+from .._codec import enc_hook
+from .._errors import ConfigurationError, SerializationError, StemError, StoreLostError
+from .._execute import Outcome, OutcomeKind, task_error
 from .._messages import (
     Delivery,
     Envelope,
@@ -30,6 +33,7 @@ from .._options import PoolKind
 from .._ratelimit import LocalRateLimiter
 from .._task import Task, TaskContext
 from ..contracts import RateLimiter
+from ._interrupt import ThreadPool
 from ._job import Job, Terminated, retry_message
 from ._process import ProcessPool
 
@@ -40,6 +44,9 @@ __all__ = ["Worker"]
 
 #: A status to store and how long to keep it.
 _Status = tuple[TaskStatus, float | None]
+#: One write waiting in the settle batch: a status, a delivery to ack after it, and the
+#: future of whoever waits for both (None for a write nobody waits for).
+_Entry = tuple[_Status | None, Delivery | None, asyncio.Future[None] | None]
 
 log = logging.getLogger("stem.worker")
 
@@ -123,10 +130,12 @@ class Worker:
         self.rate_limit_hold = rate_limit_hold
         self.track_started = track_started
         self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-        self.threads = ThreadPoolExecutor(max_workers=high, thread_name_prefix="stem-task")
+        self.threads = ThreadPool(high)  # its own threads: see ._interrupt
         self.processes = ProcessPool(process_pool_size or min(high, os.cpu_count() or 1))
         self.revoked: dict[str, RevokeEntry] = {}
         self.jobs: set[Job] = set()
+        # processed counts every message this worker finished; each is also counted in
+        # exactly one of the others, so they add up to processed (docs/workers.md).
         self.counters = {
             "processed": 0,
             "succeeded": 0,
@@ -134,7 +143,11 @@ class Worker:
             "retried": 0,
             "dead": 0,
             "revoked": 0,
+            "skipped": 0,
         }
+        #: Why the worker stopped by itself (its broker's database is gone), if it did.
+        self.failure: StoreLostError | None = None
+        self._giving_up: asyncio.Task[None] | None = None
         self.started_at = 0.0
         self.last_consumed_at: float | None = None
         self._running = 0
@@ -143,11 +156,14 @@ class Worker:
         self._stopping = asyncio.Event()
         self._stopped = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
-        self._settling: list[
-            tuple[_Status | None, Delivery | None, asyncio.Future[None] | None]
-        ] = []
+        self._settling: list[_Entry] = []
+        # Lease renewal: when each job's lease is renewed next, and when the renewal
+        # loop wakes next; a job due sooner than that wakes it (see _schedule_renewal).
+        self._renew_at: dict[Job, float] = {}
+        self._renewal_due = math.inf
+        self._renewal_changed = asyncio.Event()
         self._flusher: asyncio.Task[None] | None = None
-        self._revoked_since: float | None = None
+        self._revoked_seq = 0  # the largest RevokeEntry.seq read so far
         self._signals = 0
         self._started = False
         self._force = asyncio.Event()
@@ -172,12 +188,26 @@ class Worker:
         ]
         if self.min_concurrency != self.max_concurrency:
             self._loops.append(asyncio.ensure_future(self._guard(self._autoscale(), "autoscaler")))
-        log.info(
-            "worker %s consuming %s with concurrency %s",
-            self.id,
-            ",".join(self.queues),
-            self._concurrency_text(),
-        )
+        log.info("%s", self.banner())
+
+    def banner(self) -> str:
+        """What the worker logs when it starts: where it reads, what and how (no passwords)."""
+        app = self.app
+        if self.pool is None:
+            pool = "per task (async handlers on the loop, plain functions in threads"
+            pool += ", pool='process' tasks in child processes)"
+        else:
+            pool = f"{self.pool} for plain functions, async handlers on the loop"
+        tasks = sorted(app.tasks)
+        lines = [
+            f"worker {self.id} ready, consuming {', '.join(self.queues)}",
+            f"  broker:      {_where(app.url, self.broker)}",
+            f"  backend:     {_where(app.backend_url, app.backend)}",
+            f"  pool:        {pool}",
+            f"  concurrency: {self._concurrency_text()}, prefetch {self.prefetch}",
+            f"  tasks ({len(tasks)}): {', '.join(tasks) or 'none registered'}",
+        ]
+        return "\n".join(lines)
 
     async def stop(self, grace_period: float | None = None) -> None:
         """Stop gracefully: consume no more, give back what has not started, let running
@@ -220,7 +250,8 @@ class Worker:
         for loop in self._loops[1:]:
             loop.cancel()
         await asyncio.gather(*self._loops[1:], return_exceptions=True)
-        await self._beat(final=True)
+        if self.failure is None:  # else the backend is gone too
+            await self._beat(final=True)
         await self.app.hooks.emit("on_worker_stop", worker=self)
         self.threads.shutdown(wait=False, cancel_futures=True)
         self.processes.close()
@@ -242,6 +273,8 @@ class Worker:
         finally:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(signum)
+        if self.failure is not None:
+            raise self.failure
 
     def _on_signal(self, signum: int) -> None:
         self._signals += 1
@@ -264,6 +297,8 @@ class Worker:
         # If the body failed, do not wait out the grace period: running tasks go back
         # to the queue (never lost) and the error surfaces at once.
         await self.stop(grace_period=0 if exc_type is not None else None)
+        if self.failure is not None and exc_type is None:
+            raise self.failure
 
     # -- health and stats --------------------------------------------------------------------
 
@@ -283,6 +318,9 @@ class Worker:
             succeeded=self.counters["succeeded"],
             failed=self.counters["failed"],
             retried=self.counters["retried"],
+            dead=self.counters["dead"],
+            revoked=self.counters["revoked"],
+            skipped=self.counters["skipped"],
             started_at=self.started_at,
             sent_at=self.app.clock.now(),
             last_consumed_at=self.last_consumed_at,
@@ -290,8 +328,9 @@ class Worker:
         )
 
     def healthy(self, *, max_silence: float | None = None) -> bool:
-        """True if the consumer read from the broker recently (not merely that the process lives)."""
-        if self.last_consumed_at is None or self._stopped.is_set():
+        """True if the consumer read from the broker recently (not merely that the process
+        lives) and the thread pool can run as many handlers as it should."""
+        if self.last_consumed_at is None or self._stopped.is_set() or not self.threads.healthy:
             return False
         limit = max_silence if max_silence is not None else max(5.0, 3 * self.broker.poll_interval)
         return self.app.clock.now() - self.last_consumed_at <= limit
@@ -300,6 +339,11 @@ class Worker:
         if self.min_concurrency == self.max_concurrency:
             return str(self.concurrency)
         return f"{self.concurrency} (autoscaling {self.min_concurrency}-{self.max_concurrency})"
+
+    def _count(self, outcome: str) -> None:
+        """One more message finished, with this outcome (see ``counters``)."""
+        self.counters[outcome] += 1
+        self.counters["processed"] += 1
 
     # -- consuming -------------------------------------------------------------------------
 
@@ -317,6 +361,9 @@ class Worker:
                 if not batch:
                     await self._wait_for_messages()
                     continue
+            except StoreLostError as exc:
+                self._give_up(exc)
+                return
             except Exception:
                 # A broker outage must not end the loop: log, back off, read again.
                 # Health checks see the silence in last_consumed_at.
@@ -332,7 +379,16 @@ class Worker:
             for delivery in batch:
                 job = Job(self, delivery, self.lease, lease_expires_at=delivery.lease_expires_at)
                 self.jobs.add(job)
+                self._schedule_renewal(job)
                 job.task = asyncio.ensure_future(self._run_job(job))
+
+    def _give_up(self, exc: StoreLostError) -> None:
+        """Stop at once (nothing can be stored any more); run() then raises ``exc``."""
+        if self.failure is not None:
+            return
+        self.failure = exc
+        log.error("worker %s stops: %s", self.id, exc)
+        self._giving_up = asyncio.ensure_future(self.stop(grace_period=0))
 
     async def _wait_for_messages(self) -> None:
         """Wait until a message may be ready: woken by the broker, by the next due time, or by stop."""
@@ -347,13 +403,17 @@ class Worker:
             await job.handle()
         except asyncio.CancelledError:
             # Shutdown took the job back: it goes back to the queue at once, never lost.
-            await asyncio.shield(self.broker.nack(job.delivery, requeue=True))
+            with contextlib.suppress(Exception):  # else its lease runs out: not lost either
+                await asyncio.shield(self.broker.nack(job.delivery, requeue=True))
+        except StoreLostError as exc:
+            self._give_up(exc)
         except Exception:
             log.exception("unexpected error while handling a message; it will be redelivered")
             with contextlib.suppress(Exception):
                 await self.broker.nack(job.delivery, requeue=True)
         finally:
             self.jobs.discard(job)
+            self._renew_at.pop(job, None)
             self._room.set()
 
     async def acquire_slot(self) -> None:
@@ -380,14 +440,24 @@ class Worker:
         self, job: Job, task: Task[Any, Any], envelope: Envelope, outcome: Outcome, ctx: TaskContext
     ) -> None:
         app = self.app
-        self.counters["processed"] += 1
         elapsed = app.clock.monotonic() - job.started_at
         if outcome.kind is OutcomeKind.SUCCEEDED:
-            self.counters["succeeded"] += 1
-            await self._settle(
-                app.make_status(envelope, TaskState.SUCCEEDED, outcome=outcome, worker=self.id),
-                job.delivery,
-            )
+            try:
+                await self._settle(
+                    app.make_status(envelope, TaskState.SUCCEEDED, outcome=outcome, worker=self.id),
+                    job.delivery,
+                )
+            except SerializationError as exc:
+                # This result alone cannot be stored; the others of its batch were.
+                error = SerializationError(
+                    f"task {task.name!r} returned a value that cannot be stored as a result "
+                    f"({exc}); return plain data or register a result encoder"
+                )
+                outcome = Outcome(
+                    OutcomeKind.FAILED, error=task_error(error), reason="unserializable-result"
+                )
+        if outcome.kind is OutcomeKind.SUCCEEDED:
+            self._count("succeeded")
             await app.unique.release(envelope)
             log.info(
                 "%s[%s] succeeded in %.3fs (attempt %d)",
@@ -398,7 +468,6 @@ class Worker:
             )
             await app.hooks.emit("on_success", ctx=ctx, value=outcome.value)
         elif outcome.kind is OutcomeKind.RETRY:
-            self.counters["retried"] += 1
             countdown = max(0.0, outcome.countdown or 0.0)
             following = msgspec.structs.replace(envelope, attempt=envelope.attempt + 1)
             await self.broker.publish(
@@ -408,6 +477,7 @@ class Worker:
                 app.make_status(envelope, TaskState.RETRIED, outcome=outcome, worker=self.id),
                 job.delivery,
             )
+            self._count("retried")
             log.info(
                 "%s[%s] failed (%s), retry %d/%d in %.1fs",
                 envelope.task,
@@ -419,15 +489,16 @@ class Worker:
             )
             await app.hooks.emit("on_retry", ctx=ctx, error=outcome.error, countdown=countdown)
         else:
-            self.counters["failed" if outcome.kind is OutcomeKind.FAILED else "dead"] += 1
             await self.dead_letter(job, outcome.reason or "failed", outcome.error, outcome=outcome)
+            self._count("failed" if outcome.kind is OutcomeKind.FAILED else "dead")
+            message = outcome.error.message if outcome.error else ""
             log.warning(
-                "%s[%s] %s after %d attempt(s): %s",
+                "%s[%s] %s after %d attempt(s)%s",
                 envelope.task,
                 envelope.id,
                 outcome.reason,
                 envelope.attempt + 1,
-                outcome.error.message if outcome.error else "",
+                f": {message}" if message and message != outcome.reason else "",
             )
             await app.hooks.emit("on_failure", ctx=ctx, error=outcome.error)
 
@@ -438,10 +509,17 @@ class Worker:
         envelope = job.envelope
         if envelope is not None:
             failed = outcome or Outcome(OutcomeKind.DEAD, error=error, reason=reason)
-            await self._settle(
-                self.app.make_status(envelope, TaskState.FAILED, outcome=failed, worker=self.id),
-                None,
-            )
+            try:
+                await self._settle(
+                    self.app.make_status(
+                        envelope, TaskState.FAILED, outcome=failed, worker=self.id
+                    ),
+                    None,
+                )
+            except SerializationError:
+                # Even the failure cannot be stored (a name no backend can hold): the
+                # message is still set aside, so it neither vanishes nor comes back.
+                log.exception("cannot store the failed status of %s", _describe(job))
             await self.app.unique.release(envelope)
         await self.broker.dead_letter(
             job.delivery,
@@ -450,15 +528,51 @@ class Worker:
             traceback=error.traceback if error else None,
         )
         if outcome is None:
-            self.counters["dead"] += 1
-            log.warning("message %s dead-lettered: %s", job.delivery.message.id, reason)
+            self._count("dead")
+            log.warning(
+                "%s dead-lettered (%s)%s",
+                _describe(job),
+                reason,
+                f": {error.message}" if error is not None else "",
+            )
         await self.app.hooks.emit(
             "on_dead_letter", envelope=envelope, delivery=job.delivery, reason=reason, error=error
         )
 
+    async def quarantine(self, job: Job, error: TaskError) -> None:
+        """Set aside a message delivered ``max_deliveries`` times without a result.
+
+        If its task already ended, the deliveries repeated finished work (its ack was
+        lost): a stored success or revocation is kept and the message acknowledged; a
+        stored failure is kept and the message goes to the dead letters, where that
+        failure would have put it. Otherwise it is dead-lettered as ``poison``.
+        """
+        task_id = job.envelope.id if job.envelope is not None else job.delivery.message.id
+        status = await self.app.backend.get_status(task_id)
+        if status is None or not status.state.is_final:
+            await self.dead_letter(job, "poison", error)
+            return
+        if status.state is TaskState.FAILED:
+            stored = status.error
+            await self.broker.dead_letter(
+                job.delivery,
+                "failed",
+                error=f"{stored.type}: {stored.message}" if stored else None,
+                traceback=stored.traceback if stored else None,
+            )
+        else:
+            await self._settle(None, job.delivery)
+        self._count("skipped")
+        log.warning(
+            "%s was delivered %d times, but its task had already ended (%s): %s without running",
+            _describe(job),
+            job.delivery.deliveries,
+            status.state,
+            "dead-lettered" if status.state is TaskState.FAILED else "acknowledged",
+        )
+
     async def finish_revoked(self, job: Job, why: str) -> None:
         assert job.envelope is not None
-        self.counters["revoked"] += 1
         outcome = Outcome(
             OutcomeKind.DEAD, error=TaskError(type="Revoked", message=why), reason="revoked"
         )
@@ -466,6 +580,7 @@ class Worker:
             self.app.make_status(job.envelope, TaskState.REVOKED, outcome=outcome, worker=self.id),
             job.delivery,
         )
+        self._count("revoked")
         await self.app.unique.release(job.envelope)
         log.info("%s[%s] revoked: %s", job.envelope.task, job.envelope.id, why)
 
@@ -513,23 +628,94 @@ class Worker:
             await asyncio.sleep(0)  # let the handlers finishing in this loop turn join the batch
             while self._settling:
                 batch, self._settling = self._settling, []
-                # Of several statuses of one task in a batch (a quick task's "started"
-                # and its result, say), only the last needs writing.
-                latest = {s[0].id: s for s, _, _ in batch if s is not None}
-                deliveries = [d for _, d, _ in batch if d is not None]
-                try:
-                    await self.broker.settle(deliveries, list(latest.values()), self.app.backend)
-                except Exception as exc:
-                    log.exception("storing results failed; the messages will be redelivered")
-                    for _, _, fut in batch:
-                        if fut is not None and not fut.done():
-                            fut.set_exception(exc)
-                else:
-                    for _, _, fut in batch:
-                        if fut is not None and not fut.done():
-                            fut.set_result(None)
+                entries = self._storable(batch)
+                error = await self._write(entries)
+                if error is not None:
+                    await self._isolate(entries, error)
         finally:
             self._flusher = None
+
+    def _storable(self, batch: list[_Entry]) -> list[_Entry]:
+        """The batch as it will be written: one status per task, each one encodable.
+
+        A status that cannot be encoded fails its own waiter with a SerializationError
+        (its delivery is not acked) and leaves the batch: one bad result never fails
+        the others. Error text no backend can hold (lone surrogates) is escaped instead.
+        """
+        # Of several statuses of one task in a batch (a quick task's "started"
+        # and its result, say), only the last needs writing.
+        last = {status[0].id: i for i, (status, _, _) in enumerate(batch) if status is not None}
+        entries: list[_Entry] = []
+        for i, (status, delivery, fut) in enumerate(batch):
+            if status is not None:
+                if last[status[0].id] != i:
+                    status = None
+                else:
+                    try:
+                        status = (_storable(status[0]), status[1])
+                    except SerializationError as exc:
+                        if fut is None:
+                            log.warning("%s; not stored", exc)
+                        elif not fut.done():
+                            fut.set_exception(exc)
+                        continue
+            entries.append((status, delivery, fut))
+        return entries
+
+    async def _write(self, entries: list[_Entry]) -> Exception | None:
+        """Store the statuses, then ack the deliveries; on success, release the waiters."""
+        statuses = [s for s, _, _ in entries if s is not None]
+        deliveries = [d for _, d, _ in entries if d is not None]
+        if statuses or deliveries:
+            try:
+                await self.broker.settle(deliveries, statuses, self.app.backend)
+            except Exception as exc:
+                return exc
+        for _, _, fut in entries:
+            if fut is not None and not fut.done():
+                fut.set_result(None)
+        return None
+
+    async def _isolate(self, entries: list[_Entry], error: Exception) -> None:
+        """``entries`` failed together: write them in halves to find the entries that fail
+        alone, while that looks like one entry's fault; give the rest back."""
+        if len(entries) == 1 or isinstance(error, StoreLostError):
+            self._give_back(entries, error)
+            return
+        half = len(entries) // 2
+        parts = [entries[:half], entries[half:]]
+        errors = [await self._write(part) for part in parts]
+        if errors[0] is not None and errors[1] is not None:
+            # Both halves failed: not one entry's fault (the database is down, the disk
+            # full), so splitting further would only repeat the failure.
+            self._give_back(parts[0], errors[0])
+            self._give_back(parts[1], errors[1])
+            return
+        for part, part_error in zip(parts, errors, strict=True):
+            if part_error is not None:
+                await self._isolate(part, part_error)
+
+    def _give_back(self, entries: list[_Entry], error: Exception) -> None:
+        """Fail the waiters of entries that could not be stored: their messages are redelivered."""
+        if (
+            len(entries) == 1
+            and isinstance(error, _ENCODING_ERRORS)
+            and not isinstance(error, StemError)
+        ):
+            # The backend could not encode this one status (the check before the batch
+            # let it through): for its task, a result that cannot be stored.
+            error = SerializationError(f"the backend cannot store it: {error}")
+            if entries[0][2] is None:
+                log.warning("a status was not stored: %s", error)
+        else:
+            log.error(
+                "storing %d result(s) failed; their messages will be redelivered",
+                len(entries),
+                exc_info=error,
+            )
+        for _, _, fut in entries:
+            if fut is not None and not fut.done():
+                fut.set_exception(error)
 
     # -- background loops ------------------------------------------------------------------
 
@@ -541,26 +727,59 @@ class Worker:
         except Exception:
             log.exception("the worker's %s loop failed", name)
 
+    def _schedule_renewal(self, job: Job) -> None:
+        """Renew ``job``'s lease when a third of it has passed; wake the loop if that is sooner."""
+        at = job.lease_expires_at - job.lease * 2 / 3
+        self._renew_at[job] = at
+        if at < self._renewal_due:
+            self._renewal_changed.set()
+
     async def renew(self, job: Job) -> bool:
+        """Extend ``job``'s lease by its full length (``job.lease``) from now."""
+        now = self.app.clock.now()
         ok = await self.broker.extend_lease(job.delivery, job.lease)
         if ok:
-            job.lease_expires_at = self.app.clock.now() + job.lease
+            job.lease_expires_at = now + job.lease
+            if job in self.jobs:
+                self._schedule_renewal(job)
         else:
-            log.warning("lost the lease on message %s; it may run twice", job.delivery.message.id)
+            self._renew_at.pop(job, None)  # another consumer has it now: do not try again
+            log.warning(
+                "lost the lease on %s (its lease of %gs ran out and it was handed out again); "
+                "it may run twice",
+                _describe(job),
+                job.lease,
+            )
         return ok
 
+    async def _renew_one(self, job: Job) -> None:
+        try:
+            await self.renew(job)
+        except Exception:
+            log.exception("renewing the lease on %s failed; trying again soon", _describe(job))
+            if job in self.jobs:
+                # Try again well before the lease runs out (a third of what is left).
+                left = job.lease_expires_at - self.app.clock.now()
+                self._renew_at[job] = self.app.clock.now() + max(0.05, left / 3)
+
     async def _renew_leases(self) -> None:
+        """Renew every lease when a third of it has passed, whatever its length."""
+        clock = self.app.clock
         while True:
-            await self.app.clock.sleep(
-                max(0.05, min([self.lease, *(j.lease for j in self.jobs)]) / 3)
-            )
-            now = self.app.clock.now()
-            for job in list(self.jobs):
-                if job.lease_expires_at - now < job.lease * 2 / 3:
-                    try:
-                        await self.renew(job)
-                    except Exception:
-                        log.exception("renewing a lease failed")
+            now = clock.now()
+            due = [job for job, at in self._renew_at.items() if at <= now]
+            if due:
+                await asyncio.gather(*(self._renew_one(job) for job in due))
+            # No await between here and the sleep: a job scheduled from now on sees the
+            # new due time and wakes the loop if it needs renewing sooner.
+            self._renewal_due = min(self._renew_at.values(), default=math.inf)
+            self._renewal_changed.clear()
+            if self._renewal_due == math.inf:
+                await self._renewal_changed.wait()
+            else:
+                await _first(
+                    clock.sleep(self._renewal_due - clock.now()), self._renewal_changed.wait()
+                )
 
     async def _beat(self, *, final: bool = False) -> None:
         try:
@@ -575,10 +794,15 @@ class Worker:
             await self.app.clock.sleep(self.heartbeat_interval)
 
     async def _sync_revocations(self) -> None:
-        entries = await self.app.revoke_store.list(since=self._revoked_since)
+        entries = await self.app.revoke_store.list(since=self._revoked_seq)
+        now = self.app.clock.now()
+        for task_id in [
+            t for t, e in self.revoked.items() if e.expires_at is not None and e.expires_at <= now
+        ]:
+            del self.revoked[task_id]  # expired: the set stays bounded in a long-lived worker
         for entry in entries:
             self.revoked[entry.task_id] = entry
-            self._revoked_since = max(self._revoked_since or 0.0, entry.revoked_at)
+            self._revoked_seq = max(self._revoked_seq, entry.seq)
             if entry.terminate:
                 for job in list(self.jobs):
                     if (
@@ -649,6 +873,77 @@ async def _first(*awaitables: Any) -> None:
     finally:
         for fut in pending:
             fut.cancel()
+
+
+_ENCODING_ERRORS = (TypeError, ValueError, OverflowError, msgspec.EncodeError)
+_probe = msgspec.json.Encoder(enc_hook=enc_hook)
+
+
+def _storable(status: TaskStatus) -> TaskStatus:
+    """``status`` if it encodes; else a copy with its error text escaped, if that encodes.
+
+    Raises:
+        SerializationError: it cannot be stored (its value, say, holds a lone surrogate).
+    """
+    try:
+        _probe.encode(status)
+        return status
+    except _ENCODING_ERRORS as exc:
+        problem: Exception = exc
+    if status.error is not None:
+        error = status.error
+        safe = msgspec.structs.replace(
+            status,
+            error=TaskError(
+                type=_escaped(error.type),
+                message=_escaped(error.message),
+                traceback=None if error.traceback is None else _escaped(error.traceback),
+            ),
+        )
+        try:
+            _probe.encode(safe)
+            return safe
+        except _ENCODING_ERRORS as exc:
+            problem = exc
+    raise SerializationError(
+        f"the {status.state} status of {status.task}[{status.id}] cannot be stored "
+        f"({type(problem).__name__}: {problem})"
+    ) from problem
+
+
+def _escaped(text: str) -> str:
+    """``text`` with what UTF-8 cannot carry (lone surrogates) written as escapes."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+_SECRET_QUERY = re.compile(
+    r"((?<![^&])(?:password|passwd|pwd|secret|token|api_key)=)[^&]*", re.IGNORECASE
+)
+
+
+def _mask(url: str) -> str:
+    """``url`` with its password (and any password-like query value) replaced by ``***``."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return "<a URL that does not parse>"
+    netloc, query = parts.netloc, _SECRET_QUERY.sub(r"\1***", parts.query)
+    if password is not None:
+        userinfo, _, host = netloc.rpartition("@")
+        netloc = f"{userinfo.partition(':')[0]}:***@{host}"
+    if (netloc, query) == (parts.netloc, parts.query):
+        return url  # as given: urlunsplit would turn sqlite:///x into sqlite:/x
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+def _where(url: str | None, store: object) -> str:
+    """Where a store reads and writes, for the banner: its URL, and its file if it has one."""
+    where = _mask(url) if url is not None else type(store).__name__
+    path = getattr(store, "path", None)
+    if isinstance(path, str):
+        where += f" (file {path})"
+    return where
 
 
 def _describe(job: Job) -> str:
