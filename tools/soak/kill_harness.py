@@ -157,6 +157,14 @@ class WorkerGroup:
     def log_of(self, proc: subprocess.Popen[bytes]) -> str:
         return self.log_path(proc).read_text(errors="replace")
 
+    def exit_note(self, proc: subprocess.Popen[bytes]) -> str:
+        """One line on a worker that exited on its own: its code and its last words."""
+        last = self.log_of(proc).strip().splitlines()[-1:] or ["(nothing logged)"]
+        return (
+            f"worker {proc.pid} exited on its own with {proc.returncode}: {last[0]}"
+            f" (log: {self.log_path(proc)})"
+        )
+
     async def kill(self, proc: subprocess.Popen[bytes]) -> int | None:
         """SIGKILL ``proc``, wait until it is dead, and mark its death in the runs file.
 
@@ -429,20 +437,20 @@ async def run_kill_loop(
     sending = asyncio.ensure_future(_enqueue_spread(producer, settings))
     try:
         slots = [group.start(*settings.worker_args()) for _ in range(settings.workers)]
-        # Pace the kills on the clock (this is the load, not a synchronisation).
-        end_of_kills = began + settings.seconds
-        next_kill = began + settings.kill_every
-        while next_kill <= end_of_kills:
-            await asyncio.sleep(max(0.0, next_kill - time.monotonic()))
-            next_kill += settings.kill_every
+        # Pace the kills on the clock (this is the load, not a synchronisation). Each
+        # kill is moved by up to 40% of the period, at random: kills at a fixed phase
+        # would lock onto the enqueue batches and onto redeliveries (the visibility
+        # timeout is a multiple of the period), and hit the same message every time.
+        kills = int(settings.seconds / settings.kill_every + 1e-9)
+        for number in range(1, kills + 1):
+            jitter = rng.uniform(-0.4, 0.4) * settings.kill_every
+            at = began + number * settings.kill_every + jitter
+            await asyncio.sleep(max(0.0, at - time.monotonic()))
             index = rng.randrange(len(slots))
             code = await group.kill(slots[index])
             if code is not None:
                 report.exited_on_their_own += 1
-                report.problems.append(
-                    f"worker {slots[index].pid} exited on its own with {code}"
-                    f" (log: {group.log_path(slots[index])})"
-                )
+                report.problems.append(group.exit_note(slots[index]))
             slots[index] = group.start(*settings.worker_args())
             report.kills += 1
             if report.kills % 20 == 0:
@@ -459,9 +467,7 @@ async def run_kill_loop(
         for proc in slots:
             if proc.poll() is not None:
                 report.exited_on_their_own += 1
-                report.problems.append(
-                    f"worker {proc.pid} exited on its own with {proc.returncode}"
-                )
+                report.problems.append(group.exit_note(proc))
         # A worker restarted by the last kills may still be importing, and SIGTERM before
         # its handlers are installed kills it: wait for its first heartbeat.
         if not await _wait_ready(producer, [p.pid for p in slots if p.poll() is None], 15.0):

@@ -74,6 +74,14 @@ CASES = {
     "SystemExit": Case(
         "system_exit", FAILED, "failed", 1, options={"max_retries": 2}, error_type="SystemExit"
     ),
+    "SystemExit under a time limit": Case(
+        "system_exit",
+        FAILED,
+        "failed",
+        1,
+        options={"max_retries": 2, "time_limit": 60, "soft_time_limit": 50},
+        error_type="SystemExit",
+    ),
     "KeyboardInterrupt": Case(
         "keyboard_interrupt",
         FAILED,

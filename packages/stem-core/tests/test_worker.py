@@ -600,6 +600,9 @@ def test_worker_options_are_checked(app: Stem) -> None:
         Worker(app, concurrency=(4, 2))
     with pytest.raises(ConfigurationError):
         Worker(app, pool="fork")  # type: ignore[arg-type]
+    # "async" would silently do nothing: async handlers always run on the loop
+    with pytest.raises(ConfigurationError, match="event loop"):
+        Worker(app, pool="async")
 
 
 async def test_hard_limit_fails_a_thread_handler(real_app: Stem) -> None:

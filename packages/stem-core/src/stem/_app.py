@@ -195,19 +195,12 @@ class Stem:
         enqueue through it reach the new broker too. Call it before the app is used.
         """
         fresh = Stem.from_url(url, clock=self.clock)
-        old: list[
-            Broker | ResultBackend | LockStore | RevokeStore | WorkflowStore | ScheduleStore
-        ] = [self.broker, self.backend, self.lock_store, self.revoke_store]
-        for store in (self._workflow_store, self._schedule_store):
-            if isinstance(store, WorkflowStore | ScheduleStore):
-                old.append(store)
+        await self._close_stores()
         self.broker, self.backend = fresh.broker, fresh.backend
         self.lock_store, self.revoke_store = fresh.lock_store, fresh.revoke_store
         self._workflow_store, self._schedule_store = fresh._workflow_store, fresh._schedule_store
         self.unique = UniqueCoordinator(self.lock_store)
         self.url, self.backend_url = fresh.url, fresh.backend_url
-        for closer in {id(closer): closer for closer in old}.values():
-            await closer.aclose()
 
     @property
     def workflow_store(self) -> WorkflowStore:
@@ -229,19 +222,18 @@ class Stem:
 
     async def aclose(self) -> None:
         """Close the broker and stores."""
-        closers: list[
-            Broker | ResultBackend | LockStore | RevokeStore | WorkflowStore | ScheduleStore
-        ]
-        closers = [self.broker, self.backend, self.lock_store, self.revoke_store]
-        for store in (self._workflow_store, self._schedule_store):
-            if isinstance(store, WorkflowStore | ScheduleStore):
-                closers.append(store)
-        seen: set[int] = set()
-        for closer in closers:
-            if id(closer) not in seen:
-                seen.add(id(closer))
-                await closer.aclose()
+        await self._close_stores()
         self._portal.stop()
+
+    async def _close_stores(self) -> None:
+        stores: list[
+            Broker | ResultBackend | LockStore | RevokeStore | WorkflowStore | ScheduleStore
+        ] = [self.broker, self.backend, self.lock_store, self.revoke_store]
+        for lazy in (self._workflow_store, self._schedule_store):
+            if isinstance(lazy, WorkflowStore | ScheduleStore):  # built, so open
+                stores.append(lazy)
+        for store in {id(store): store for store in stores}.values():  # each once
+            await store.aclose()
 
     def close_sync(self) -> None:
         """:meth:`aclose` for an app used through the ``_sync`` methods."""

@@ -117,22 +117,25 @@ class ThreadCall:
 
     def run(self) -> None:
         """Run the call in this thread (a pool thread); never raises."""
-        with self._lock:
-            if self._state != self._QUEUED:
-                return  # interrupted before it started
-            self._ident = threading.get_ident()
-            self._state = self._RUNNING
         value: Any = None
         error: BaseException | None = None
+        started = False
         try:
             try:
-                value = self.fn(*self.args, **self.kwargs)
+                with self._lock:  # no interrupt can be sent while it is held
+                    if self._state == self._QUEUED:
+                        started = True
+                        self._ident = threading.get_ident()
+                        self._state = self._RUNNING
+                if started:
+                    value = self.fn(*self.args, **self.kwargs)
             finally:
                 self._leave()
         except BaseException as exc:
             error = exc
-        self._leave()  # again: an interrupt may have cut the first one short
-        self._resolve(error, value)
+        self._leave()  # again: an interrupt may have arrived before the first one began
+        if started:  # else it was interrupted before it started, and is settled
+            self._resolve(error, value)
 
     def _leave(self) -> None:
         # An interrupt sent just before the lock is taken may arrive inside this loop;

@@ -119,6 +119,12 @@ class ProcessPool:
         self._all: set[_Child] = set()
         self._available = asyncio.Semaphore(size)
         self.replaced = 0
+        self._spawn_failed = False
+
+    @property
+    def healthy(self) -> bool:
+        """False while new children exit at start (the last one tried did)."""
+        return not self._spawn_failed
 
     async def _spawn(self) -> _Child:
         parent, child = self._mp.Pipe()
@@ -141,9 +147,11 @@ class ProcessPool:
         except (EOFError, OSError):
             self._all.discard(spawned)
             spawned.kill()
+            self._spawn_failed = True
             raise ChildLost(
                 f"a new child process exited at start (exit code {process.exitcode})"
             ) from None
+        self._spawn_failed = False
         return spawned
 
     async def run(

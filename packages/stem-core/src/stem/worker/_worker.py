@@ -66,8 +66,11 @@ class Worker:
             instead of its own choice.
         prefetch: messages to hold beyond the free slots (default 0: a message is only
             taken when a slot is free, so none waits behind a long task).
-        lease: the default lease (seconds) on a reserved message; a task's
-            ``visibility_timeout`` replaces it once the task is known.
+        lease: the longest lease (seconds) on a reserved message before its task is
+            known; the worker uses the shortest ``visibility_timeout`` of its app's
+            tasks if that is shorter, so a message taken by a worker killed at once is
+            back within its task's timeout. The task's own timeout replaces it once
+            the message is decoded.
         grace_period: on shutdown, how long running handlers may take to finish.
         max_deliveries: after this many deliveries without a result, a message is
             dead-lettered as ``poison``.
@@ -107,8 +110,11 @@ class Worker:
             raise ConfigurationError(
                 f"concurrency must be a whole number >= 1 or a (min, max) pair, not {concurrency!r}"
             )
-        if pool not in (None, "async", "thread", "process"):
-            raise ConfigurationError(f"pool must be 'async', 'thread' or 'process', not {pool!r}")
+        if pool not in (None, "thread", "process"):
+            raise ConfigurationError(
+                f"pool must be 'thread' or 'process', not {pool!r}: it chooses where plain "
+                "functions run; async handlers always run on the worker's event loop"
+            )
         if prefetch < 0 or max_deliveries < 1 or lease <= 0 or grace_period < 0:
             raise ConfigurationError(
                 "prefetch >= 0, max_deliveries >= 1, lease > 0 and grace_period >= 0 are needed"
@@ -178,6 +184,8 @@ class Worker:
             return
         self._started = True
         self.started_at = self.app.clock.now()
+        timeouts = [t.options_.visibility_timeout for t in self.app.tasks.values()]
+        self.lease = min([self.lease, *timeouts])
         await self._sync_revocations()
         await self.app.hooks.emit("on_worker_start", worker=self)
         self._loops = [
@@ -329,8 +337,10 @@ class Worker:
 
     def healthy(self, *, max_silence: float | None = None) -> bool:
         """True if the consumer read from the broker recently (not merely that the process
-        lives) and the thread pool can run as many handlers as it should."""
-        if self.last_consumed_at is None or self._stopped.is_set() or not self.threads.healthy:
+        lives) and its pools can run as many handlers as they should."""
+        if self.last_consumed_at is None or self._stopped.is_set():
+            return False
+        if not (self.threads.healthy and self.processes.healthy):
             return False
         limit = max_silence if max_silence is not None else max(5.0, 3 * self.broker.poll_interval)
         return self.app.clock.now() - self.last_consumed_at <= limit
