@@ -6,12 +6,14 @@ import asyncio
 import os
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import pytest
 
 from stem import FakeClock
+from stem_sqlite._connection import Database
 
 
 @pytest.fixture
@@ -59,3 +61,37 @@ def _run_python(code: str, *args: str, timeout: float = 60) -> subprocess.Comple
 def run_python() -> Callable[..., subprocess.CompletedProcess[str]]:
     """Run a snippet in a fresh interpreter: another process on the same file."""
     return _run_python
+
+
+@contextmanager
+def _traced(db: Database) -> Iterator[list[str]]:
+    """Every statement run on ``db``'s two connections (the thread's and the loop's), in order."""
+    seen: list[str] = []
+    connections = [c for c in (db._raw, db._direct) if c is not None]
+    for conn in connections:
+        conn.set_trace_callback(seen.append)
+    try:
+        yield seen
+    finally:
+        for conn in connections:
+            conn.set_trace_callback(None)
+
+
+Traced = Callable[[Database], AbstractContextManager[list[str]]]
+
+
+@pytest.fixture
+def traced() -> Traced:
+    """``with traced(db) as statements:`` records every statement run on ``db``'s two
+    connections (the thread's and the loop's), in order."""
+    return _traced
+
+
+def commits(statements: list[str]) -> int:
+    """How many transactions ``statements`` committed."""
+    return sum(1 for s in statements if s.strip().upper() == "COMMIT")
+
+
+@pytest.fixture
+def count_commits() -> Callable[[list[str]], int]:
+    return commits

@@ -12,7 +12,7 @@ import pytest
 
 from stem import FakeClock, TaskRef, TaskState, TaskStatus, WorkerHeartbeat
 from stem_sqlite import SqliteResultBackend
-from stem_sqlite._support import SWEEP_EVERY
+from stem_sqlite._support import SWEEP_BATCH, SWEEP_EVERY
 
 pytestmark = pytest.mark.sqlite
 
@@ -150,6 +150,68 @@ async def test_expired_rows_are_swept_in_passing(
         assert conn.execute("SELECT worker_id FROM stem_heartbeats").fetchall() == [("w1",)]
     finally:
         conn.close()
+
+
+async def test_sweeping_keeps_up_with_statuses_expiring_faster_than_a_batch_a_minute(
+    backend: SqliteResultBackend, clock: FakeClock, db_path: Path
+) -> None:
+    # Given more expired results than one sweep deletes (a busy worker's minute)
+    expired = 2 * SWEEP_BATCH + 100
+    for start in range(0, expired, 100):
+        await backend.set_statuses(
+            [
+                (TaskStatus(id=f"old{i}", state=TaskState.SUCCEEDED), 1.0)
+                for i in range(start, start + 100)
+            ]
+        )
+    clock.advance(SWEEP_EVERY + 1)
+    # When three more statuses are written, well within the minute
+    for i in range(3):
+        await backend.set_status(TaskStatus(id=f"new{i}", state=TaskState.STARTED))
+    # Then each write swept while the sweeps found full batches: every expired row is gone
+    conn = sqlite3.connect(db_path)
+    try:
+        assert conn.execute("SELECT count(*) FROM stem_task_statuses").fetchone() == (3,)
+    finally:
+        conn.close()
+    # And, caught up, the next write does not sweep again before the minute is out
+    await backend.set_status(TaskStatus(id="late", state=TaskState.SUCCEEDED), ttl=1.0)
+    clock.advance(2)
+    await backend.set_status(TaskStatus(id="later", state=TaskState.STARTED))
+    assert await backend.get_status("late") is None  # expired: hidden, though not yet deleted
+
+
+async def test_listing_reads_an_index_range_for_every_filter(
+    backend: SqliteResultBackend, db_path: Path
+) -> None:
+    from stem_sqlite._backend import _listing
+
+    await backend.get_status("t")  # creates the file
+    conn = sqlite3.connect(db_path)
+    try:
+        for state, task in (("failed", None), ("failed", "t"), (None, "t"), (None, None)):
+            sql, params = _listing(state, task)
+            plan = " ".join(
+                row[3]
+                for row in conn.execute(
+                    "EXPLAIN QUERY PLAN " + sql, {**params, "now": 0.0, "limit": 10}
+                )
+            )
+            assert "SCAN stem_task_statuses" not in plan, (state, task, plan)
+            index = "stem_task_statuses_task" if task else "stem_task_statuses_state"
+            assert f"USING INDEX {index}" in plan, (state, task, plan)
+    finally:
+        conn.close()
+
+
+async def test_listing_with_no_filter_merges_every_state_newest_first(
+    backend: SqliteResultBackend, clock: FakeClock
+) -> None:
+    for i, state in enumerate([TaskState.QUEUED, TaskState.FAILED, TaskState.SUCCEEDED] * 3):
+        await backend.set_status(TaskStatus(id=f"s{i}", state=state, task=f"t{i % 2}"))
+        clock.advance(1)
+    assert [s.id for s in await backend.list_statuses(limit=4)] == ["s8", "s7", "s6", "s5"]
+    assert [s.id for s in await backend.list_statuses(task="t0", limit=3)] == ["s8", "s6", "s4"]
 
 
 async def test_one_chord_claim_wins_across_connections(db_path: Path) -> None:

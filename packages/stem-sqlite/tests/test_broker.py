@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -316,7 +317,11 @@ async def test_ids_may_be_str_subclasses_such_as_task_refs(broker: SqliteBroker)
 
 
 async def test_settle_stores_and_acks_in_one_transaction(
-    broker: SqliteBroker, db_path: Path, clock: FakeClock
+    broker: SqliteBroker,
+    db_path: Path,
+    clock: FakeClock,
+    traced: Callable[..., Any],
+    count_commits: Callable[[list[str]], int],
 ) -> None:
     from stem.contracts import TaskState, TaskStatus
     from stem_sqlite import SqliteResultBackend
@@ -325,20 +330,13 @@ async def test_settle_stores_and_acks_in_one_transaction(
     await broker.publish_many([msg("a"), msg("b")])
     deliveries = await broker.reserve(["q"], 2, 30)
     db = await broker._db()
-    writes: list[object] = []
-    original = db.write
-
-    async def counting(fn: Callable[..., object], *args: object) -> object:
-        writes.append(fn)
-        return await original(fn, *args)
-
-    db.write = counting  # type: ignore[method-assign]
     stale = Delivery(
         message=deliveries[0].message, receipt="0:stale", deliveries=1, lease_expires_at=0
     )
     statuses = [(TaskStatus(id=d.message.id, state=TaskState.SUCCEEDED), 60.0) for d in deliveries]
-    await broker.settle([*deliveries, stale], statuses, backend)
-    assert len(writes) == 1
+    with traced(db) as statements:
+        await broker.settle([*deliveries, stale], statuses, backend)
+    assert count_commits(statements) == 1
     assert (await broker.queue_stats("q")).inflight == 0
     stored = await backend.get_status("a")
     assert stored is not None and stored.state is TaskState.SUCCEEDED

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from stem import AdapterError, FakeClock, SchemaVersionError
-from stem.contracts import Message, RevokeEntry
+from stem.contracts import Message, RevokeEntry, TaskState
 from stem_sqlite import SCHEMA_VERSION, SqliteBroker, SqliteResultBackend, SqliteRevokeStore
 from stem_sqlite._schema import migrations, split_statements
 
@@ -299,3 +299,42 @@ async def test_version_1_revocations_are_numbered_in_their_old_order(db_path: Pa
     finally:
         await store.aclose()
     assert schema_version(db_path) == SCHEMA_VERSION
+
+
+async def test_version_2_files_get_the_lean_status_indexes(db_path: Path) -> None:
+    # Given a file at schema version 2 with a status in it
+    with sqlite3.connect(db_path) as conn:
+        conn.execute(
+            "CREATE TABLE stem_schema (id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER NOT NULL)"
+        )
+        for migration in migrations()[:2]:
+            for statement in migration.statements:
+                conn.execute(statement)
+        conn.execute("INSERT INTO stem_schema (id, version) VALUES (1, 2)")
+        conn.execute(
+            "INSERT INTO stem_task_statuses (id, state, task, updated_at, version, data)"
+            " VALUES ('t1', 'failed', 'x', 1.0, 1,"
+            ' \'{"id":"t1","state":"failed","task":"x","updated_at":1.0}\')'
+        )
+    # When a current store opens it
+    backend = SqliteResultBackend(db_path, clock=FakeClock())
+    try:
+        [listed] = await backend.list_statuses(task="x", state=TaskState.FAILED)
+        assert listed.id == "t1"
+    finally:
+        await backend.aclose()
+    # Then the status indexes are those the queries walk, and nothing else
+    with sqlite3.connect(db_path) as conn:
+        indexes = {
+            name: [column for _, _, column in conn.execute(f"PRAGMA index_info({name})")]
+            for (name,) in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'index'"
+                " AND tbl_name = 'stem_task_statuses' AND sql IS NOT NULL"
+            )
+        }
+    assert indexes == {
+        "stem_task_statuses_state": ["state", "updated_at"],
+        "stem_task_statuses_task": ["task", "state", "updated_at"],
+        "stem_task_statuses_expires": ["expires_at"],
+    }
+    assert schema_version(db_path) == SCHEMA_VERSION == 3

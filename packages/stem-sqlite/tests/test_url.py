@@ -39,6 +39,12 @@ def test_url_options_are_seconds() -> None:
     assert (options.poll_interval, options.busy_timeout, options.wake_interval) == (0.2, 7.0, 0.005)
 
 
+def test_synchronous_comes_from_the_url_and_defaults_to_normal() -> None:
+    assert parse_url("sqlite:////x/stem.db").synchronous == "normal"
+    assert parse_url("sqlite:////x/stem.db?synchronous=full").synchronous == "full"
+    assert parse_url("sqlite:////x/stem.db?synchronous=NORMAL").synchronous == "normal"
+
+
 def test_percent_escapes_in_the_path_are_decoded() -> None:
     assert parse_url("sqlite:////tmp/my%20jobs.db").path == "/tmp/my jobs.db"
 
@@ -55,6 +61,9 @@ def test_percent_escapes_in_the_path_are_decoded() -> None:
         ("sqlite:////x.db?poll_interval=0", "more than 0"),
         ("sqlite:////x.db?busy_timeout=-1", "0 or more"),
         ("sqlite:////x.db?wake_interval=nan", "more than 0"),
+        ("sqlite:////x.db?synchronous=off", "synchronous must be 'normal'"),
+        ("sqlite:////x.db?synchronous=", "synchronous must be 'normal'"),
+        ("sqlite:////x.db?synchronous=2", "or 'full'"),
         ("redis:///x.db", "not a sqlite:// URL"),
     ],
 )

@@ -61,6 +61,8 @@ P = ParamSpec("P")
 R = TypeVar("R")
 T = TypeVar("T")
 
+_FINAL = frozenset(state for state in TaskState if state.is_final)
+
 #: Where Stem keeps its data when no URL is given: SQLite, no server needed.
 DEFAULT_URL = "sqlite:///.stem/stem.db"
 
@@ -529,25 +531,29 @@ class Stem:
         outcome: Outcome | None = None,
         worker: str | None = None,
         progress: tuple[float, Any] | None = None,
+        now: float | None = None,
     ) -> tuple[TaskStatus, float | None]:
-        """The status record of a task in ``state``, and how long to keep it."""
-        task = self.tasks.get(envelope.task)
+        """The status record of a task in ``state`` (as of ``now``, default the clock's
+        time), and how long to keep it."""
         status = TaskStatus(
             id=envelope.id,
             state=state,
             task=envelope.task,
             queue=envelope.queue,
-            value=outcome.value if outcome else None,
+            value=outcome.value if outcome is not None else None,
             result_encoder=envelope.result_encoder,
-            error=outcome.error if outcome else None,
+            error=outcome.error if outcome is not None else None,
             attempt=envelope.attempt,
             worker=worker,
             progress=progress[0] if progress else None,
             progress_data=progress[1] if progress else None,
-            updated_at=self.clock.now(),
+            updated_at=self.clock.now() if now is None else now,
         )
-        ttl = task.options_.result_ttl if task is not None and state.is_final else None
-        return status, ttl
+        if state in _FINAL:
+            task = self.tasks.get(envelope.task)
+            if task is not None:
+                return status, task.options_.result_ttl
+        return status, None
 
     async def store_status(
         self,

@@ -93,6 +93,9 @@ class EncoderRegistry:
 
     def __init__(self, encoders: Iterable[PayloadEncoder] = ()) -> None:
         self._by_id: dict[str, PayloadEncoder] = {"json": JsonPayloadEncoder()}
+        #: Whether ``json`` is still the identity (not replaced by a registered encoder):
+        #: the worker then skips the encoder for values under that id.
+        self.json_is_identity = True
         for encoder in encoders:
             self.register(encoder)
 
@@ -108,6 +111,7 @@ class EncoderRegistry:
                 f"a payload encoder with id {encoder.id!r} is already registered"
             )
         self._by_id[encoder.id] = encoder
+        self.json_is_identity = type(self._by_id["json"]) is JsonPayloadEncoder
 
     def get(self, encoder_id: str) -> PayloadEncoder:
         try:
@@ -153,7 +157,7 @@ def decode_envelope(body: bytes) -> Envelope:
     not bytes at all) is a :class:`DecodeError`: such a body can never be run.
     """
     try:
-        if body[:1] == b"{":
+        if body.startswith(b"{"):
             return _json_envelope.decode(body)
         return _msgpack_envelope.decode(body)
     except Exception as exc:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from ._codec import enc_hook, encode_problem, plain_problem
+from ._codec import JsonPayloadEncoder, enc_hook, encode_problem, plain_problem
 from ._errors import (
     ArgumentError,
     DecodeError,
@@ -42,6 +42,9 @@ __all__ = [
     "decode_arguments",
     "decode_payload",
     "execute",
+    "failed",
+    "prepare",
+    "succeeded",
     "task_error",
 ]
 
@@ -57,7 +60,7 @@ class OutcomeKind(enum.Enum):
     DEAD = "dead"  # never ran (unknown task, bad arguments) or rejected
 
 
-@dataclass
+@dataclass(slots=True)
 class Outcome:
     kind: OutcomeKind
     value: Any = None
@@ -184,6 +187,10 @@ def decode_payload(app: Stem, envelope: Envelope) -> tuple[list[Any], dict[str, 
             and a map: the message can never run (``malformed``).
     """
     encoder = app.encoders.get(envelope.args_encoder)
+    if type(encoder) is JsonPayloadEncoder:
+        # The identity: a decoded envelope holds a list and a map already. Not copied:
+        # bind_arguments copies before it converts.
+        return envelope.args, envelope.kwargs
     try:
         args = encoder.decode(envelope.args)
         kwargs = encoder.decode(envelope.kwargs)
@@ -224,11 +231,17 @@ def bind_arguments(
     simple = task.positional
     if simple is not None and not kwargs and len(args) == len(simple):
         # The common case, without inspect's bind: positional arguments, one per parameter.
-        args = list(args)
+        converted: list[Any] | None = None
         for index, hint in enumerate(simple):
-            if hint is not None:
-                args[index] = _convert(args[index], hint, task.parameter_names[index])
-        return args, {}
+            if hint is None:
+                continue
+            value = args[index]
+            if type(value) is hint and hint in _EXACT:
+                continue  # converting would give the value itself
+            if converted is None:
+                converted = list(args)  # never change the list given
+            converted[index] = _convert(value, hint, task.parameter_names[index])
+        return (args if converted is None else converted), {}
     try:
         bound = task.signature.bind(*args, **kwargs)
     except TypeError as exc:
@@ -243,6 +256,10 @@ def bind_arguments(
                 continue
             bound.arguments[name] = _convert(value, hint, name)
     return list(bound.args), dict(bound.kwargs)
+
+
+#: Types that ``msgspec.convert`` returns a value of unchanged.
+_EXACT = frozenset({int, str, float, bool})
 
 
 def _convert(value: Any, hint: Any, name: str) -> Any:
@@ -260,43 +277,80 @@ async def execute(app: Stem, task: Task[Any, Any], ctx: TaskContext, invoke: Inv
     only the worker's own cancellation and :class:`Interrupted` pass through.
     """
     envelope = ctx.envelope
+    arguments = prepare(app, task, envelope)
+    if isinstance(arguments, Outcome):
+        return arguments
+    args, kwargs = arguments
     try:
-        args, kwargs = decode_arguments(app, task, envelope)
+        middleware = app.hooks.middleware
+        if middleware:
+            value = await _chain(middleware, invoke, task, ctx, args, kwargs)()
+        else:
+            value = await invoke(task, ctx, args, kwargs)
+    except BaseException as exc:
+        return failed(task, envelope, exc)
+    return succeeded(app, task, envelope, value)
+
+
+def prepare(
+    app: Stem, task: Task[Any, Any], envelope: Envelope
+) -> tuple[list[Any], dict[str, Any]] | Outcome:
+    """The handler's arguments, or the outcome of a message they cannot be made from.
+
+    The first step of :func:`execute`; the worker runs the three steps itself for an
+    async handler it calls inline.
+    """
+    try:
+        if envelope.args_encoder == "json" and app.encoders.json_is_identity:
+            return bind_arguments(task, envelope.args, envelope.kwargs)
+        return decode_arguments(app, task, envelope)
     except BadArguments as exc:
         return Outcome(OutcomeKind.DEAD, error=task_error(exc), reason="bad-arguments")
     except DecodeError as exc:  # e.g. a payload encoder this process does not have
         return Outcome(OutcomeKind.DEAD, error=task_error(exc), reason="malformed")
 
-    async def call_handler() -> Any:
-        return await invoke(task, ctx, args, kwargs)
 
-    chain: Callable[[], Awaitable[Any]] = call_handler
-    for middleware in reversed(app.hooks.middleware):
-        chain = _wrap(middleware, ctx, chain)
-    try:
-        value = await chain()
-    except Retry as exc:
+def failed(task: Task[Any, Any], envelope: Envelope, exc: BaseException) -> Outcome:
+    """The outcome of a handler that raised ``exc``.
+
+    Raises:
+        Interrupted: ``exc`` itself: the worker stopped or lost the handler.
+        asyncio.CancelledError: ``exc`` itself, if the worker is cancelling the job.
+    """
+    if isinstance(exc, Retry):
         return _retry_or_fail(task, envelope, task_error(exc.exc or exc), exc.countdown)
-    except Reject as exc:
+    if isinstance(exc, Reject):
         return Outcome(OutcomeKind.DEAD, error=task_error(exc), reason=exc.reason)
-    except TimeLimitExceeded as exc:
+    if isinstance(exc, TimeLimitExceeded):
         return Outcome(OutcomeKind.FAILED, error=task_error(exc), reason="time-limit")
-    except UnstorableResult as exc:
+    if isinstance(exc, UnstorableResult):
         return _unstorable(task, exc.type_name, exc.problem)
-    except HandlerFailure as exc:
+    if isinstance(exc, HandlerFailure):
         if exc.kind == "reject":
             return Outcome(OutcomeKind.DEAD, error=exc.task_error, reason=exc.reason or "rejected")
         if exc.kind == "retry" or exc.is_a(task.options_.retry_for):
             return _retry_or_fail(task, envelope, exc.task_error, exc.countdown)
         return Outcome(OutcomeKind.FAILED, error=exc.task_error, reason="failed")
-    except Interrupted:
-        raise
-    except BaseException as exc:
-        if isinstance(exc, asyncio.CancelledError) and _being_cancelled():
-            raise  # the worker is stopping this job, not the handler failing
-        if isinstance(exc, task.options_.retry_for):
-            return _retry_or_fail(task, envelope, task_error(exc), None)
-        return Outcome(OutcomeKind.FAILED, error=task_error(exc), reason="failed")
+    if isinstance(exc, Interrupted):
+        raise exc
+    if isinstance(exc, asyncio.CancelledError) and _being_cancelled():
+        raise exc  # the worker is stopping this job, not the handler failing
+    if isinstance(exc, task.options_.retry_for):
+        return _retry_or_fail(task, envelope, task_error(exc), None)
+    return Outcome(OutcomeKind.FAILED, error=task_error(exc), reason="failed")
+
+
+def succeeded(app: Stem, task: Task[Any, Any], envelope: Envelope, value: Any) -> Outcome:
+    """The outcome of a handler that returned ``value``: a success with the value as it
+    will be stored, or a failure if it cannot be stored exactly."""
+    kind = type(value)
+    if (
+        (value is None or kind is int or kind is bool or (kind is str and value.isascii()))
+        and envelope.result_encoder == "json"
+        and app.encoders.json_is_identity
+    ):
+        # Stored as it is: the checks below would find nothing to change or refuse.
+        return Outcome(OutcomeKind.SUCCEEDED, value=value)
     try:
         # to_builtins gives the value the shape every backend returns (dataclasses
         # become dicts, datetimes strings), even in memory; plain_problem checks that
@@ -334,6 +388,25 @@ def _retry_or_fail(
     if countdown is None:
         countdown = task.options_.backoff(envelope.attempt)
     return Outcome(OutcomeKind.RETRY, error=error, countdown=countdown)
+
+
+def _chain(
+    middleware: list[Any],
+    invoke: Invoker,
+    task: Task[Any, Any],
+    ctx: TaskContext,
+    args: list[Any],
+    kwargs: dict[str, Any],
+) -> Callable[[], Awaitable[Any]]:
+    """The middleware wrapped around the handler's call, outermost first."""
+
+    async def call_handler() -> Any:
+        return await invoke(task, ctx, args, kwargs)
+
+    chain: Callable[[], Awaitable[Any]] = call_handler
+    for each in reversed(middleware):
+        chain = _wrap(each, ctx, chain)
+    return chain
 
 
 def _wrap(

@@ -61,6 +61,9 @@ class Hooks:
     def __init__(self) -> None:
         self._handlers: dict[str, list[Callable[..., Any]]] = {e: [] for e in HOOK_EVENTS}
         self.middleware: list[Middleware] = []
+        #: The events that have a handler: the hot path tests ``event in hooks.listened``
+        #: and skips an event nobody listens to without building its arguments.
+        self.listened: frozenset[str] = frozenset()
 
     def on(self, event: str) -> Callable[[F], F]:
         """Decorator: call the function (sync or async) with the event's keyword arguments.
@@ -77,6 +80,7 @@ class Hooks:
 
         def register(fn: F) -> F:
             self._handlers[event].append(fn)
+            self.listened = self.listened | {event}
             return fn
 
         return register
@@ -86,7 +90,7 @@ class Hooks:
         return middleware
 
     def has(self, event: str) -> bool:
-        return bool(self._handlers[event])
+        return event in self.listened
 
     def emit(self, event: str, **kwargs: Any) -> Awaitable[None]:
         """Call the event's handlers; with none registered, costs no coroutine."""

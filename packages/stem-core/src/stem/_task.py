@@ -147,15 +147,20 @@ class TaskContext:
 
 
 class _Runtime:
-    """What a context needs from whoever runs it; the worker supplies a real one."""
+    """What a context needs from whoever runs it; the worker's jobs are real ones."""
 
-    loop: asyncio.AbstractEventLoop | None = None
+    __slots__ = ()
+
+    def event_loop(self) -> asyncio.AbstractEventLoop | None:
+        """The loop that runs the task, where ``call_sync`` sends coroutines (None: none)."""
+        return None
 
     def call_sync(self, coro: Coroutine[Any, Any, Any]) -> Any:
         """Run a context coroutine from a handler thread on the worker's loop."""
-        if self.loop is None:
+        loop = self.event_loop()
+        if loop is None:
             return asyncio.run(coro)
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+        return asyncio.run_coroutine_threadsafe(coro, loop).result()
 
     async def progress(self, fraction: float, data: Any) -> None:
         return None

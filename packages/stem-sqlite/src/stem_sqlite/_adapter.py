@@ -17,8 +17,9 @@ class SqliteAdapter(Adapter):
     """Builds SQLite brokers and stores from ``sqlite:///path`` URLs.
 
     Stores built from URLs naming the same file share one connection per event loop.
-    The options (``poll_interval``, ``busy_timeout``, ``wake_interval``) apply to each
-    store built from the URL; the first store to open a file sets its ``busy_timeout``.
+    The options (``poll_interval``, ``busy_timeout``, ``wake_interval``, ``synchronous``)
+    apply to each store built from the URL; the first store to open a file sets its
+    ``busy_timeout``, and ``synchronous=full`` from any store sharing it applies to all.
 
     Raises (from every method):
         ConfigurationError: the URL is not a usable ``sqlite://`` URL.
@@ -34,22 +35,33 @@ class SqliteAdapter(Adapter):
             poll_interval=o.poll_interval,
             busy_timeout=o.busy_timeout,
             wake_interval=o.wake_interval,
+            synchronous=o.synchronous,
         )
 
     def result_backend(self, url: str, *, clock: Clock | None = None) -> SqliteResultBackend:
         o = parse_url(url)
         return SqliteResultBackend(
-            o.path, clock=clock, busy_timeout=o.busy_timeout, wake_interval=o.wake_interval
+            o.path,
+            clock=clock,
+            busy_timeout=o.busy_timeout,
+            wake_interval=o.wake_interval,
+            synchronous=o.synchronous,
         )
 
     def lock_store(self, url: str, *, clock: Clock | None = None) -> SqliteLockStore:
         o = parse_url(url)
-        return SqliteLockStore(o.path, clock=clock, busy_timeout=o.busy_timeout)
+        return SqliteLockStore(
+            o.path, clock=clock, busy_timeout=o.busy_timeout, synchronous=o.synchronous
+        )
 
     def revoke_store(self, url: str, *, clock: Clock | None = None) -> SqliteRevokeStore:
         o = parse_url(url)
-        return SqliteRevokeStore(o.path, clock=clock, busy_timeout=o.busy_timeout)
+        return SqliteRevokeStore(
+            o.path, clock=clock, busy_timeout=o.busy_timeout, synchronous=o.synchronous
+        )
 
     def schedule_store(self, url: str, *, clock: Clock | None = None) -> SqliteScheduleStore:
         o = parse_url(url)
-        return SqliteScheduleStore(o.path, clock=clock, busy_timeout=o.busy_timeout)
+        return SqliteScheduleStore(
+            o.path, clock=clock, busy_timeout=o.busy_timeout, synchronous=o.synchronous
+        )

@@ -16,18 +16,23 @@ from ._connection import Client, FileStore
 from ._support import Sweeper, decode, fetchall, sweep_expired, to_json
 from ._url import (
     DEFAULT_BUSY_TIMEOUT,
+    DEFAULT_SYNCHRONOUS,
     DEFAULT_WAKE_INTERVAL,
     SqliteOptions,
     check_seconds,
+    check_synchronous,
     resolve_path,
 )
-from ._wake import Baselines, wait_for_change
+from ._wake import Baselines, Pacer, wait_for_change
 
 __all__ = ["SqliteResultBackend"]
 
 _status_decoder = msgspec.json.Decoder(TaskStatus)
 _heartbeat_decoder = msgspec.json.Decoder(WorkerHeartbeat)
 _meta_decoder = msgspec.json.Decoder(dict[str, Any])
+
+#: Status writes of at most this many rows are small writes (see Database.write_small).
+SMALL_STATUSES = 8
 
 
 class SqliteResultBackend(FileStore, ResultBackend):
@@ -39,6 +44,7 @@ class SqliteResultBackend(FileStore, ResultBackend):
         busy_timeout: how long a write waits for another process's lock before failing.
         wake_interval: longest gap between two checks of a watched status for changes
             made by other processes (changes made in this process wake watchers at once).
+        synchronous: ``"normal"`` or ``"full"``, as for :class:`SqliteBroker`.
         share_connection: False to open a connection of its own instead of sharing the one
             of every store of this file in this event loop.
     """
@@ -50,6 +56,7 @@ class SqliteResultBackend(FileStore, ResultBackend):
         clock: Clock | None = None,
         busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
         wake_interval: float = DEFAULT_WAKE_INTERVAL,
+        synchronous: str = DEFAULT_SYNCHRONOUS,
         share_connection: bool = True,
     ) -> None:
         super().__init__(clock=clock)
@@ -58,6 +65,7 @@ class SqliteResultBackend(FileStore, ResultBackend):
                 path=resolve_path(path),
                 busy_timeout=check_seconds("busy_timeout", busy_timeout),
                 wake_interval=check_seconds("wake_interval", wake_interval, allow_zero=False),
+                synchronous=check_synchronous(synchronous),
             ),
             share=share_connection,
         )
@@ -81,7 +89,9 @@ class SqliteResultBackend(FileStore, ResultBackend):
             return
         rows, now = self.status_rows(statuses)
         db = await self._db()
-        await db.write(store_statuses, rows, now, self._sweep_statuses.due())
+        write = db.write_small if len(rows) <= SMALL_STATUSES else db.write
+        swept = await write(store_statuses, rows, now, self._sweep_statuses.due())
+        self._sweep_statuses.swept(swept)
         db.signals.statuses_changed([row[0] for row in rows])
 
     def status_rows(
@@ -109,7 +119,7 @@ class SqliteResultBackend(FileStore, ResultBackend):
 
     async def get_status(self, task_id: str) -> TaskStatus | None:
         db = await self._db()
-        row = await db.run(_read_status, task_id, self.clock.now())
+        row = await db.peek(_read_status, task_id, self.clock.now())
         # Remember the version read, so a watch that waits next cannot miss a change
         # committed between this read and the start of its wait.
         self._baselines.remember(task_id, None if row is None else row[2])
@@ -133,25 +143,14 @@ class SqliteResultBackend(FileStore, ResultBackend):
         self, *, state: TaskState | None = None, task: str | None = None, limit: int = 100
     ) -> list[TaskStatus]:
         db = await self._db()
-        rows = await db.run(
-            fetchall,
-            "SELECT data, expires_at FROM stem_task_statuses"
-            " WHERE (expires_at IS NULL OR expires_at > :now)"
-            " AND (:state IS NULL OR state = :state) AND (:task IS NULL OR task = :task)"
-            " ORDER BY updated_at DESC, seq LIMIT :limit",
-            {
-                "now": self.clock.now(),
-                "state": None if state is None else str(state),
-                "task": task,
-                "limit": limit,
-            },
-        )
+        sql, params = _listing(None if state is None else str(state), task)
+        rows = await db.run(fetchall, sql, {**params, "now": self.clock.now(), "limit": limit})
         return [self._status(data, expires_at) for data, expires_at in rows]
 
     async def expire(self, task_id: str, ttl: float) -> bool:
         now = self.clock.now()
         db = await self._db()
-        return await db.run(_expire_status, task_id, now + ttl, now)
+        return await db.write(_expire_status, task_id, now + ttl, now)
 
     async def wait_for_change(self, task_id: str, timeout: float) -> None:
         """Return soon after the status of ``task_id`` changes (in any process), or at ``timeout``.
@@ -165,7 +164,7 @@ class SqliteResultBackend(FileStore, ResultBackend):
         known, baseline = self._baselines.take(task_id)
 
         async def probe() -> int | None:
-            return await db.run(_status_version, task_id, self.clock.now())
+            return await db.peek(_status_version, task_id, self.clock.now())
 
         current = await probe()
         if known and current != baseline:
@@ -181,7 +180,7 @@ class SqliteResultBackend(FileStore, ResultBackend):
             notifier=notifier,
             probe=probe,
             baseline=current,
-            interval=self._client.options.wake_interval,
+            pacer=Pacer(self._client.options.wake_interval),  # soon: a result is awaited
         )
 
     # -- groups and chords ----------------------------------------------------------------
@@ -223,14 +222,14 @@ class SqliteResultBackend(FileStore, ResultBackend):
 
     async def claim_chord(self, group_id: str, owner: str) -> bool:
         db = await self._db()
-        return await db.run(_claim_chord, group_id, owner)
+        return await db.write(_claim_chord, group_id, owner)
 
     # -- worker heartbeats ----------------------------------------------------------------
 
     async def set_heartbeat(self, heartbeat: WorkerHeartbeat, *, ttl: float) -> None:
         now = self.clock.now()
         db = await self._db()
-        await db.write(
+        swept = await db.write(
             _store_heartbeat,
             heartbeat.worker_id,
             now + ttl,
@@ -238,10 +237,11 @@ class SqliteResultBackend(FileStore, ResultBackend):
             now,
             self._sweep_heartbeats.due(),
         )
+        self._sweep_heartbeats.swept(swept)
 
     async def get_heartbeat(self, worker_id: str) -> WorkerHeartbeat | None:
         db = await self._db()
-        rows = await db.run(
+        rows = await db.peek(
             fetchall,
             "SELECT data FROM stem_heartbeats WHERE worker_id = ? AND expires_at > ?",
             (worker_id, self.clock.now()),
@@ -264,27 +264,89 @@ class SqliteResultBackend(FileStore, ResultBackend):
 # -- transactions (run on the connection's thread) --------------------------------------
 
 
+# Parameters by number: ?1..?6 are a status row's columns (see status_rows), ?7 is now
+# (where used).
+_INSERT_STATUS = (
+    "INSERT INTO stem_task_statuses (id, state, task, updated_at, expires_at, data, version)"
+    " VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1)"
+)
+
+
 def store_statuses(
-    conn: sqlite3.Connection, rows: list[tuple[Any, ...]], now: float, sweep: bool
-) -> None:
-    # An expired status is gone: storing the id again starts afresh (and lists it as new).
-    conn.execute(
-        "DELETE FROM stem_task_statuses"
-        " WHERE id IN (SELECT value FROM json_each(?)) AND expires_at <= ?",
-        (to_json([row[0] for row in rows]), now),
-    )
-    # Rows are written in the order given, so of two statuses of one task in a batch
-    # the later one stays.
-    conn.executemany(
-        "INSERT INTO stem_task_statuses (id, state, task, updated_at, expires_at, data, version)"
-        " VALUES (?, ?, ?, ?, ?, ?, 1)"
-        " ON CONFLICT (id) DO UPDATE SET state = excluded.state, task = excluded.task,"
-        " updated_at = excluded.updated_at, expires_at = excluded.expires_at,"
-        " data = excluded.data, version = version + 1",
-        rows,
-    )
+    conn: sqlite3.Connection,
+    rows: list[tuple[Any, ...]],
+    now: float,
+    sweep: bool,
+    *,
+    new: bool = False,
+) -> int:
+    """Store status rows, the later of two for one task winning; returns how many expired
+    statuses a ``sweep`` deleted.
+
+    One statement per row in the usual case, chosen by what is likely: ``new`` statuses
+    (an enqueue's) are inserted, others (a worker's) update the task's row. Where that
+    finds a row it did not expect (an enqueue under a task id used before, a status with
+    no row yet), every row is stored the long way: an expired status is deleted first
+    (storing the id again starts afresh, and lists as new), then the row is upserted.
+    """
+    params = [(*row, now) for row in rows]
+    if new:
+        fast = conn.executemany(_INSERT_STATUS + " ON CONFLICT (id) DO NOTHING", rows)
+    else:
+        fast = conn.executemany(
+            "UPDATE stem_task_statuses SET state = ?2, task = ?3, updated_at = ?4,"
+            " expires_at = ?5, data = ?6, version = version + 1"
+            " WHERE id = ?1 AND (expires_at IS NULL OR expires_at > ?7)",
+            params,
+        )
+    if fast.rowcount != len(params):
+        # Rows written in the order given: of two statuses of one task, the later stays.
+        conn.executemany(
+            "DELETE FROM stem_task_statuses WHERE id = ?1 AND expires_at <= ?7", params
+        )
+        conn.executemany(
+            _INSERT_STATUS + " ON CONFLICT (id) DO UPDATE SET state = excluded.state,"
+            " task = excluded.task, updated_at = excluded.updated_at,"
+            " expires_at = excluded.expires_at, data = excluded.data, version = version + 1",
+            rows,
+        )
     if sweep:
-        sweep_expired(conn, "stem_task_statuses", "rowid", now)
+        return sweep_expired(conn, "stem_task_statuses", "rowid", now)
+    return 0
+
+
+def _listing(state: str | None, task: str | None) -> tuple[str, dict[str, Any]]:
+    """The query listing statuses newest first, shaped so that it walks an index.
+
+    ``stem_task_statuses_state`` is ``(state, updated_at)`` and ``stem_task_statuses_task``
+    is ``(task, state, updated_at)``: a state (and a task) is one index range read newest
+    first up to the limit; without a state, the newest ``limit`` of each state's range
+    are merged. There is no index on ``updated_at`` alone: every status write would
+    pay for it, for a listing the ranges serve as well.
+    """
+    alive = "(expires_at IS NULL OR expires_at > :now)"
+    where = "state = :state" + (" AND task = :task" if task is not None else "")
+    if state is not None:
+        sql = (
+            f"SELECT data, expires_at FROM stem_task_statuses WHERE {where} AND {alive}"
+            " ORDER BY updated_at DESC, seq LIMIT :limit"
+        )
+        return sql, {"state": state, "task": task}
+    arms = []
+    params: dict[str, Any] = {"task": task}
+    for index, each in enumerate(TaskState):
+        name = f"s{index}"
+        params[name] = str(each)
+        arms.append(
+            "SELECT * FROM (SELECT data, expires_at, updated_at, seq FROM stem_task_statuses"
+            f" WHERE {where.replace(':state', ':' + name)} AND {alive}"
+            " ORDER BY updated_at DESC, seq LIMIT :limit)"
+        )
+    sql = (
+        "SELECT data, expires_at FROM (" + " UNION ALL ".join(arms) + ")"
+        " ORDER BY updated_at DESC, seq LIMIT :limit"
+    )
+    return sql, params
 
 
 def _read_status(
@@ -368,12 +430,11 @@ def _claim_chord(conn: sqlite3.Connection, group_id: str, owner: str) -> bool:
 
 def _store_heartbeat(
     conn: sqlite3.Connection, worker_id: str, expires_at: float, data: str, now: float, sweep: bool
-) -> None:
+) -> int:
     conn.execute(
         "INSERT INTO stem_heartbeats (worker_id, expires_at, data) VALUES (?, ?, ?)"
         " ON CONFLICT (worker_id) DO UPDATE"
         " SET expires_at = excluded.expires_at, data = excluded.data",
         (worker_id, expires_at, data),
     )
-    if sweep:
-        sweep_expired(conn, "stem_heartbeats", "rowid", now)
+    return sweep_expired(conn, "stem_heartbeats", "rowid", now) if sweep else 0

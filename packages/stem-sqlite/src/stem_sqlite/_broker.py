@@ -25,21 +25,28 @@ from stem.contracts import (
 from ._backend import SqliteResultBackend, store_statuses
 from ._connection import Client, FileStore
 from ._stores import ACQUIRE_LOCK, SqliteLockStore
-from ._support import to_json
+from ._support import sweep_expired, to_json
 from ._url import (
     DEFAULT_BUSY_TIMEOUT,
     DEFAULT_POLL_INTERVAL,
+    DEFAULT_SYNCHRONOUS,
     DEFAULT_WAKE_INTERVAL,
     SqliteOptions,
     check_seconds,
+    check_synchronous,
     resolve_path,
 )
-from ._wake import wait_for_change
+from ._wake import Pacer, wait_for_change
 
 __all__ = ["SqliteBroker"]
 
 # Row states. Literals in the SQL below (not parameters) so the partial indexes apply.
 _READY, _DELAYED, _LEASED = 0, 1, 2
+
+#: Publishes, enqueues, reserves and settles of at most this many messages are small
+#: writes: committed on the event loop when that cannot block (see
+#: Database.write_small), saving a thread hop.
+SMALL_BATCH = 8
 
 _INSERT = (
     "INSERT INTO stem_messages (queue, id, body, priority, eta, due, state)"
@@ -104,6 +111,9 @@ class SqliteBroker(FileStore, Broker):
         poll_interval: longest idle wait of :meth:`consume` between two reads of its queues.
         busy_timeout: how long a write waits for another process's lock before failing.
         wake_interval: longest gap between two checks for messages published by other processes.
+        synchronous: ``"normal"`` (a commit survives a crash of any program using the file)
+            or ``"full"`` (also a power loss, at an fsync per commit); of the stores sharing
+            a connection, the strongest setting applies.
         share_connection: False to open a connection of its own instead of sharing the one
             of every store of this file in this event loop.
 
@@ -120,6 +130,7 @@ class SqliteBroker(FileStore, Broker):
         poll_interval: float = DEFAULT_POLL_INTERVAL,
         busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
         wake_interval: float = DEFAULT_WAKE_INTERVAL,
+        synchronous: str = DEFAULT_SYNCHRONOUS,
         share_connection: bool = True,
     ) -> None:
         super().__init__(
@@ -132,12 +143,16 @@ class SqliteBroker(FileStore, Broker):
                 poll_interval=self.poll_interval,
                 busy_timeout=check_seconds("busy_timeout", busy_timeout),
                 wake_interval=check_seconds("wake_interval", wake_interval, allow_zero=False),
+                synchronous=check_synchronous(synchronous),
             ),
             share=share_connection,
         )
         # Per set of queues, the version of their signal counters the last time a reserve
         # drained them (found fewer messages than it asked for); see wait_for_messages.
         self._drained: dict[tuple[str, ...], int] = {}
+        # Per set of queues, how soon a waiting consumer checks again for other processes'
+        # publishes: soon after its last work, less often the longer it stays idle.
+        self._pacers: dict[tuple[str, ...], Pacer] = {}
 
     # -- publishing -------------------------------------------------------------------
 
@@ -155,7 +170,8 @@ class SqliteBroker(FileStore, Broker):
             return
         queues = [(q,) for q in dict.fromkeys(m.queue for m in messages)]
         db = await self._db()
-        await db.write(_publish, self._rows(messages, self.clock.now()), queues)
+        write = db.write_small if len(messages) <= SMALL_BATCH else db.write
+        await write(_publish, self._rows(messages, self.clock.now()), queues)
         db.signals.queues_changed()
 
     async def enqueue(
@@ -182,9 +198,20 @@ class SqliteBroker(FileStore, Broker):
             if claim is not None
         ]
         queues = [(q,) for q in dict.fromkeys(m.queue for m in messages)]
-        existing: list[str | None] = await db.write(
-            _enqueue, self._rows(messages, now), queues, status_rows, wanted, now
+        # Unique-task claims pile up in stem_locks: sweep the expired ones now and then.
+        sweeper = locks._sweeper if wanted and isinstance(locks, SqliteLockStore) else None
+        write = db.write_small if len(messages) <= SMALL_BATCH else db.write
+        existing, swept = await write(
+            _enqueue,
+            self._rows(messages, now),
+            queues,
+            status_rows,
+            wanted,
+            now,
+            sweeper is not None and sweeper.due(),
         )
+        if sweeper is not None:
+            sweeper.swept(swept)
         db.signals.queues_changed()
         if status_rows:
             db.signals.statuses_changed([row[0] for row in status_rows])
@@ -198,12 +225,14 @@ class SqliteBroker(FileStore, Broker):
         now = self.clock.now()
         until = now + lease
         db = await self._db()
-        rows, signal = await db.write(
-            _reserve, list(queues), limit, now, until, secrets.token_hex(6)
-        )
+        # A small read (an idle worker's, typically) is a small write: no thread hop.
+        write = db.write_small if limit <= SMALL_BATCH else db.write
+        rows, signal = await write(_reserve, list(queues), limit, now, until, secrets.token_hex(6))
+        key = tuple(queues)
         if signal is not None:
-            key = tuple(queues)
             self._drained[key] = max(signal, self._drained.get(key, signal))
+        if rows:
+            self._pacer(key).active()
         return [
             Delivery(
                 message=Message(id=mid, queue=queue, body=bytes(body), priority=priority, eta=eta),
@@ -218,7 +247,8 @@ class SqliteBroker(FileStore, Broker):
         """Return soon after a message is published to ``queues``, or at ``timeout``.
 
         Publishes in this process wake the waiter at once; those of other processes are
-        seen within ``wake_interval`` by reading a per-queue version counter.
+        seen by reading a per-queue version counter, within a millisecond or two after
+        recent work and within ``wake_interval`` once idle.
         """
         deadline = self.clock.monotonic() + timeout
         if timeout <= 0:
@@ -226,7 +256,7 @@ class SqliteBroker(FileStore, Broker):
             return
         key = tuple(queues)
         db = await self._db()
-        current = await db.run(_signal, _json_list(key))
+        current = await db.peek(_signal, _json_list(key))
         # Anything published since the queues were last drained is worth a read at once.
         # The drain may have been another consumer's on this broker: what was published
         # before it was taken by that read, so the newest drain is the right baseline.
@@ -237,7 +267,7 @@ class SqliteBroker(FileStore, Broker):
             return
 
         async def probe() -> int:
-            return await db.run(_signal, _json_list(key))
+            return await db.peek(_signal, _json_list(key))
 
         await wait_for_change(
             clock=self.clock,
@@ -245,12 +275,18 @@ class SqliteBroker(FileStore, Broker):
             notifier=db.signals.queues(),
             probe=probe,
             baseline=current,
-            interval=self._client.options.wake_interval,
+            pacer=self._pacer(key),
         )
+
+    def _pacer(self, key: tuple[str, ...]) -> Pacer:
+        pacer = self._pacers.get(key)
+        if pacer is None:
+            pacer = self._pacers[key] = Pacer(self._client.options.wake_interval)
+        return pacer
 
     async def next_due(self, queues: Sequence[str]) -> float | None:
         db = await self._db()
-        return await db.run(_next_due, list(queues))
+        return await db.peek(_next_due, list(queues))
 
     # -- settling -----------------------------------------------------------------------
 
@@ -259,8 +295,6 @@ class SqliteBroker(FileStore, Broker):
         if not pairs:
             return 0
         db = await self._db()
-        if len(pairs) == 1:
-            return await db.run(_ack, pairs)
         return await db.write(_ack, pairs)
 
     async def settle(
@@ -279,7 +313,9 @@ class SqliteBroker(FileStore, Broker):
             return
         rows, now = backend.status_rows(statuses)
         pairs = [(seq, d.receipt) for d in deliveries if (seq := _seq(d)) is not None]
-        await db.write(_store_and_ack, rows, now, backend._sweep_statuses.due(), pairs)
+        write = db.write_small if len(rows) <= SMALL_BATCH else db.write
+        swept = await write(_store_and_ack, rows, now, backend._sweep_statuses.due(), pairs)
+        backend._sweep_statuses.swept(swept)
         db.signals.statuses_changed([row[0] for row in rows])
 
     async def nack(
@@ -290,7 +326,7 @@ class SqliteBroker(FileStore, Broker):
             return False
         db = await self._db()
         if not requeue:
-            return await db.run(_ack, [(seq, delivery.receipt)]) == 1
+            return await db.write(_ack, [(seq, delivery.receipt)]) == 1
         now = self.clock.now()
         due = now + delay if delay else None
         done = await db.write(_requeue, seq, delivery.receipt, due, now)
@@ -303,7 +339,7 @@ class SqliteBroker(FileStore, Broker):
         if seq is None:
             return False
         db = await self._db()
-        return await db.run(_extend, seq, delivery.receipt, self.clock.now() + seconds)
+        return await db.write(_extend, seq, delivery.receipt, self.clock.now() + seconds)
 
     async def dead_letter(
         self,
@@ -365,7 +401,7 @@ class SqliteBroker(FileStore, Broker):
     async def purge_dead_letters(self, queue: str, message_ids: Sequence[str] | None = None) -> int:
         ids = None if message_ids is None else _json_list(message_ids)
         db = await self._db()
-        return await db.run(_purge_dead, queue, ids)
+        return await db.write(_purge_dead, queue, ids)
 
     # -- inspection ---------------------------------------------------------------------
 
@@ -409,7 +445,10 @@ def _enqueue(
     status_rows: list[tuple[Any, ...]],
     claims: list[tuple[int, str, str, float]],
     now: float,
-) -> list[str | None]:
+    sweep_locks: bool,
+) -> tuple[list[str | None], int]:
+    """Claims, then statuses, then messages; returns, per message, the id of the task
+    holding its claim (None: published), and how many expired locks were swept."""
     existing: list[str | None] = [None] * len(rows)
     claimed: set[str] = set()  # owners of this batch: live, though their status comes later
     for index, key, owner, until in claims:
@@ -437,9 +476,9 @@ def _enqueue(
             )
     keep = [i for i, holder in enumerate(existing) if holder is None]
     published = {rows[i][1] for i in keep}
-    store_statuses(conn, [r for r in status_rows if r[0] in published], now, False)
+    store_statuses(conn, [r for r in status_rows if r[0] in published], now, False, new=True)
     _publish(conn, [rows[i] for i in keep], queues)
-    return existing
+    return existing, sweep_expired(conn, "stem_locks", "key", now) if sweep_locks else 0
 
 
 # A row that another program wrote with a time Stem cannot read (TEXT or a BLOB, or a
@@ -610,8 +649,10 @@ def _store_and_ack(
     sweep: bool,
     pairs: list[tuple[int, str]],
 ) -> int:
-    store_statuses(conn, rows, now, sweep)
-    return _ack(conn, pairs)
+    """Store the statuses, then ack; returns how many expired statuses were swept."""
+    swept = store_statuses(conn, rows, now, sweep)
+    _ack(conn, pairs)
+    return swept
 
 
 def _ack(conn: sqlite3.Connection, pairs: list[tuple[int, str]]) -> int:

@@ -13,7 +13,14 @@ from stem.contracts import LockStore, RevokeEntry, RevokeStore, ScheduleEntry, S
 
 from ._connection import Client, FileStore
 from ._support import Sweeper, changed, decode, fetchall, sweep_expired, to_json
-from ._url import DEFAULT_BUSY_TIMEOUT, SqliteOptions, check_seconds, resolve_path
+from ._url import (
+    DEFAULT_BUSY_TIMEOUT,
+    DEFAULT_SYNCHRONOUS,
+    SqliteOptions,
+    check_seconds,
+    check_synchronous,
+    resolve_path,
+)
 
 __all__ = ["SqliteLockStore", "SqliteRevokeStore", "SqliteScheduleStore"]
 
@@ -21,10 +28,14 @@ _revoke_decoder = msgspec.json.Decoder(RevokeEntry)
 _schedule_decoder = msgspec.json.Decoder(ScheduleEntry)
 
 
-def _client(path: str | os.PathLike[str], busy_timeout: float, share: bool) -> Client:
+def _client(
+    path: str | os.PathLike[str], busy_timeout: float, synchronous: str, share: bool
+) -> Client:
     return Client(
         SqliteOptions(
-            path=resolve_path(path), busy_timeout=check_seconds("busy_timeout", busy_timeout)
+            path=resolve_path(path),
+            busy_timeout=check_seconds("busy_timeout", busy_timeout),
+            synchronous=check_synchronous(synchronous),
         ),
         share=share,
     )
@@ -37,6 +48,7 @@ class SqliteLockStore(FileStore, LockStore):
         path: the database file (created, with its directory, on first use).
         clock: expiry is read from it, never from SQLite.
         busy_timeout: how long a write waits for another process's lock before failing.
+        synchronous: ``"normal"`` or ``"full"``, as for :class:`~stem_sqlite.SqliteBroker`.
         share_connection: False to open a connection of its own instead of sharing the one
             of every store of this file in this event loop.
     """
@@ -47,10 +59,11 @@ class SqliteLockStore(FileStore, LockStore):
         *,
         clock: Clock | None = None,
         busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+        synchronous: str = DEFAULT_SYNCHRONOUS,
         share_connection: bool = True,
     ) -> None:
         super().__init__(clock=clock)
-        self._client = _client(path, busy_timeout, share_connection)
+        self._client = _client(path, busy_timeout, synchronous, share_connection)
         self._sweeper = Sweeper(self.clock)
 
     async def acquire(self, key: str, owner: str, ttl: float) -> bool:
@@ -58,14 +71,16 @@ class SqliteLockStore(FileStore, LockStore):
         db = await self._db()
         params = {"key": key, "owner": owner, "until": now + ttl, "now": now}
         if self._sweeper.due():  # unique-task keys pile up; clear the expired ones now and then
-            return await db.write(_acquire_and_sweep, ACQUIRE_LOCK, params, now)
-        return await db.run(changed, ACQUIRE_LOCK, params) == 1
+            won, swept = await db.write(_acquire_and_sweep, ACQUIRE_LOCK, params, now)
+            self._sweeper.swept(swept)
+            return won
+        return await db.write(changed, ACQUIRE_LOCK, params) == 1
 
     async def renew(self, key: str, owner: str, ttl: float) -> bool:
         now = self.clock.now()
         db = await self._db()
         return (
-            await db.run(
+            await db.write(
                 changed,
                 "UPDATE stem_locks SET expires_at = ?"
                 " WHERE key = ? AND owner = ? AND expires_at > ?",
@@ -77,7 +92,7 @@ class SqliteLockStore(FileStore, LockStore):
     async def release(self, key: str, owner: str) -> bool:
         db = await self._db()
         return (
-            await db.run(
+            await db.write(
                 changed,
                 "DELETE FROM stem_locks WHERE key = ? AND owner = ? AND expires_at > ?",
                 (key, owner, self.clock.now()),
@@ -87,7 +102,7 @@ class SqliteLockStore(FileStore, LockStore):
 
     async def owner_of(self, key: str) -> str | None:
         db = await self._db()
-        rows = await db.run(
+        rows = await db.peek(
             fetchall,
             "SELECT owner FROM stem_locks WHERE key = ? AND expires_at > ?",
             (key, self.clock.now()),
@@ -110,10 +125,9 @@ ACQUIRE_LOCK = (
 
 def _acquire_and_sweep(
     conn: sqlite3.Connection, sql: str, params: dict[str, Any], now: float
-) -> bool:
+) -> tuple[bool, int]:
     won = conn.execute(sql, params).rowcount == 1
-    sweep_expired(conn, "stem_locks", "key", now)
-    return won
+    return won, sweep_expired(conn, "stem_locks", "key", now)
 
 
 class SqliteRevokeStore(FileStore, RevokeStore):
@@ -123,6 +137,7 @@ class SqliteRevokeStore(FileStore, RevokeStore):
         path: the database file (created, with its directory, on first use).
         clock: expiry is read from it, never from SQLite.
         busy_timeout: how long a write waits for another process's lock before failing.
+        synchronous: ``"normal"`` or ``"full"``, as for :class:`~stem_sqlite.SqliteBroker`.
         share_connection: False to open a connection of its own instead of sharing the one
             of every store of this file in this event loop.
     """
@@ -133,10 +148,11 @@ class SqliteRevokeStore(FileStore, RevokeStore):
         *,
         clock: Clock | None = None,
         busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+        synchronous: str = DEFAULT_SYNCHRONOUS,
         share_connection: bool = True,
     ) -> None:
         super().__init__(clock=clock)
-        self._client = _client(path, busy_timeout, share_connection)
+        self._client = _client(path, busy_timeout, synchronous, share_connection)
         self._sweeper = Sweeper(self.clock)
 
     async def revoke(self, entry: RevokeEntry) -> RevokeEntry:
@@ -158,7 +174,7 @@ class SqliteRevokeStore(FileStore, RevokeStore):
 
     async def get(self, task_id: str) -> RevokeEntry | None:
         db = await self._db()
-        rows = await db.run(
+        rows = await db.peek(
             fetchall,
             "SELECT seq, data FROM stem_revokes"
             " WHERE task_id = ? AND (expires_at IS NULL OR expires_at > ?)",
@@ -209,6 +225,7 @@ class SqliteScheduleStore(FileStore, ScheduleStore):
         path: the database file (created, with its directory, on first use).
         clock: kept for symmetry; due times are given by the caller.
         busy_timeout: how long a write waits for another process's lock before failing.
+        synchronous: ``"normal"`` or ``"full"``, as for :class:`~stem_sqlite.SqliteBroker`.
         share_connection: False to open a connection of its own instead of sharing the one
             of every store of this file in this event loop.
     """
@@ -219,10 +236,11 @@ class SqliteScheduleStore(FileStore, ScheduleStore):
         *,
         clock: Clock | None = None,
         busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+        synchronous: str = DEFAULT_SYNCHRONOUS,
         share_connection: bool = True,
     ) -> None:
         super().__init__(clock=clock)
-        self._client = _client(path, busy_timeout, share_connection)
+        self._client = _client(path, busy_timeout, synchronous, share_connection)
 
     def _entry(self, data: str) -> ScheduleEntry:
         entry: ScheduleEntry = decode(_schedule_decoder, data, "a schedule entry", self.path)
@@ -230,7 +248,7 @@ class SqliteScheduleStore(FileStore, ScheduleStore):
 
     async def upsert(self, entry: ScheduleEntry) -> None:
         db = await self._db()
-        await db.run(
+        await db.write(
             changed,
             "INSERT INTO stem_schedules (id, enabled, next_run_at, data) VALUES (?, ?, ?, ?)"
             " ON CONFLICT (id) DO UPDATE SET enabled = excluded.enabled,"
@@ -240,12 +258,12 @@ class SqliteScheduleStore(FileStore, ScheduleStore):
 
     async def get(self, entry_id: str) -> ScheduleEntry | None:
         db = await self._db()
-        rows = await db.run(fetchall, "SELECT data FROM stem_schedules WHERE id = ?", (entry_id,))
+        rows = await db.peek(fetchall, "SELECT data FROM stem_schedules WHERE id = ?", (entry_id,))
         return self._entry(rows[0][0]) if rows else None
 
     async def remove(self, entry_id: str) -> bool:
         db = await self._db()
-        return await db.run(changed, "DELETE FROM stem_schedules WHERE id = ?", (entry_id,)) == 1
+        return await db.write(changed, "DELETE FROM stem_schedules WHERE id = ?", (entry_id,)) == 1
 
     async def due(self, now: float, *, limit: int = 100) -> list[ScheduleEntry]:
         db = await self._db()

@@ -20,9 +20,11 @@ __all__ = [
     "to_json",
 ]
 
-#: Expired rows are deleted at most this often (clock seconds) per store, in passing.
+#: Expired rows are deleted at most this often (clock seconds) per store, in passing...
 SWEEP_EVERY = 60.0
-#: And at most this many per sweep, to keep the write transaction short.
+#: ...at most this many per sweep, to keep the write transaction short; a sweep that
+#: deletes a full batch makes the next write sweep again, so sweeping keeps up with
+#: any rate of expiry (a worker settling 20,000 tasks a second sweeps on each settle).
 SWEEP_BATCH = 500
 
 
@@ -59,28 +61,35 @@ def changed(conn: sqlite3.Connection, sql: str, params: Any) -> int:
     return conn.execute(sql, params).rowcount
 
 
-def sweep_expired(conn: sqlite3.Connection, table: str, key: str, now: float) -> None:
-    """Delete a batch of rows whose ``expires_at`` passed.
+def sweep_expired(conn: sqlite3.Connection, table: str, key: str, now: float) -> int:
+    """Delete a batch (at most :data:`SWEEP_BATCH`) of rows whose ``expires_at`` passed;
+    returns how many.
 
     ``table`` and ``key`` are our own names, never user input.
     """
-    conn.execute(
+    return conn.execute(
         f"DELETE FROM {table} WHERE {key} IN (SELECT {key} FROM {table}"
         " WHERE expires_at IS NOT NULL AND expires_at <= ? LIMIT ?)",
         (now, SWEEP_BATCH),
-    )
+    ).rowcount
 
 
 class Sweeper:
-    """Says when a store should delete its expired rows: now and then, not on every write."""
+    """Says when a store should delete its expired rows: now and then, not on every write,
+    but on every write while the last sweep found a full batch (it is behind)."""
 
     def __init__(self, clock: Clock) -> None:
         self._clock = clock
         self._last: float | None = None
+        self._behind = False
 
     def due(self) -> bool:
         now = self._clock.monotonic()
-        if self._last is not None and now - self._last < SWEEP_EVERY:
+        if not self._behind and self._last is not None and now - self._last < SWEEP_EVERY:
             return False
         self._last = now
         return True
+
+    def swept(self, count: int) -> None:
+        """What the sweep that :meth:`due` asked for deleted (0 if none ran)."""
+        self._behind = count >= SWEEP_BATCH

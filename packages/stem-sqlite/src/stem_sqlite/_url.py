@@ -12,8 +12,11 @@ from stem import ConfigurationError
 __all__ = [
     "DEFAULT_BUSY_TIMEOUT",
     "DEFAULT_POLL_INTERVAL",
+    "DEFAULT_SYNCHRONOUS",
     "DEFAULT_WAKE_INTERVAL",
+    "SYNCHRONOUS_LEVELS",
     "SqliteOptions",
+    "check_synchronous",
     "parse_url",
 ]
 
@@ -23,6 +26,10 @@ DEFAULT_POLL_INTERVAL = 0.5
 DEFAULT_BUSY_TIMEOUT = 5.0
 #: Longest gap between two checks for work committed by other processes (seconds).
 DEFAULT_WAKE_INTERVAL = 0.01
+#: SQLite's ``synchronous`` setting: ``normal`` survives a crash of any program using the
+#: file (WAL mode); ``full`` also a power loss or a kernel crash, at an fsync per commit.
+DEFAULT_SYNCHRONOUS = "normal"
+SYNCHRONOUS_LEVELS = ("normal", "full")
 
 _MEMORY_HINT = (
     "an in-memory SQLite database cannot be shared between processes; "
@@ -42,12 +49,15 @@ class SqliteOptions:
         poll_interval: longest idle wait of a consumer between two reads of its queues.
         busy_timeout: how long to wait for another process's write lock.
         wake_interval: longest gap between two checks for work from other processes.
+        synchronous: ``"normal"`` or ``"full"``: what a commit survives (see
+            :data:`DEFAULT_SYNCHRONOUS`).
     """
 
     path: str
     poll_interval: float = DEFAULT_POLL_INTERVAL
     busy_timeout: float = DEFAULT_BUSY_TIMEOUT
     wake_interval: float = DEFAULT_WAKE_INTERVAL
+    synchronous: str = DEFAULT_SYNCHRONOUS
 
 
 def resolve_path(path: str | os.PathLike[str]) -> str:
@@ -73,11 +83,23 @@ def check_seconds(name: str, value: float, *, allow_zero: bool = True) -> float:
     return seconds
 
 
+def check_synchronous(value: object) -> str:
+    """``"normal"`` or ``"full"`` (any case), or a ConfigurationError saying what each means."""
+    if isinstance(value, str) and value.lower() in SYNCHRONOUS_LEVELS:
+        return value.lower()
+    raise ConfigurationError(
+        f"synchronous must be 'normal' (the default: a commit survives a crash of any program "
+        f"using the file) or 'full' (it also survives a power loss or an operating system "
+        f"crash, at the cost of an fsync per commit), not {value!r}"
+    )
+
+
 def parse_url(url: str) -> SqliteOptions:
     """Parse a ``sqlite://`` URL, SQLAlchemy style.
 
     ``sqlite:///stem.db`` is relative to the working directory, ``sqlite:////var/lib/stem.db``
-    is absolute. Query options (seconds): ``poll_interval``, ``busy_timeout``, ``wake_interval``.
+    is absolute. Query options: ``poll_interval``, ``busy_timeout``, ``wake_interval``
+    (seconds) and ``synchronous`` (``normal`` or ``full``).
 
     Raises:
         ConfigurationError: not a sqlite URL, no file (or ``:memory:``), a host, or a bad option.
@@ -96,11 +118,15 @@ def parse_url(url: str) -> SqliteOptions:
     if not path or path == ":memory:":
         raise ConfigurationError(f"{url!r} names no database file: {_MEMORY_HINT}")
     values: dict[str, float] = {}
+    synchronous = DEFAULT_SYNCHRONOUS
     for key, raw in parse_qsl(parts.query, keep_blank_values=True):
+        if key == "synchronous":
+            synchronous = check_synchronous(raw)
+            continue
         if key not in ("poll_interval", "busy_timeout", "wake_interval"):
             raise ConfigurationError(
                 f"unknown option {key!r} in {url!r}; sqlite:// URLs take poll_interval, "
-                "busy_timeout and wake_interval (seconds)"
+                "busy_timeout and wake_interval (seconds) and synchronous (normal or full)"
             )
         try:
             number = float(raw)
@@ -109,4 +135,4 @@ def parse_url(url: str) -> SqliteOptions:
                 f"option {key} in {url!r} must be a number of seconds, not {raw!r}"
             ) from exc
         values[key] = check_seconds(key, number, allow_zero=key == "busy_timeout")
-    return SqliteOptions(path=resolve_path(path), **values)
+    return SqliteOptions(path=resolve_path(path), synchronous=synchronous, **values)

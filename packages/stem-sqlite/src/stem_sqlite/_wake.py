@@ -3,8 +3,13 @@
 SQLite has no notifications between processes. A change made in this process wakes
 waiters through a :class:`~stem._notify.Notifier`; a change committed by another
 process is seen by re-reading a small version counter (``stem_queue_signals`` for
-queues, the ``version`` column for task statuses) every few milliseconds. A
-counter read is one indexed lookup, far cheaper than re-running the query it guards.
+queues, the ``version`` column for task statuses). A counter read is one indexed
+lookup on the event loop's own connection (no thread hop), far cheaper than re-running
+the query it guards. The reads are paced by a :class:`Pacer`: every millisecond
+for a few milliseconds after activity, when an answer is most likely to come (a result
+a moment after its enqueue, the next task a moment after the last), then less and less
+often, up to the wake interval while nothing happens: low latency without polling hard
+when idle.
 
 To close the gap between "I read" and "I start waiting", the version seen by the read
 is kept and the wait compares against it: for queues, the version at the last read
@@ -23,13 +28,50 @@ from typing import Any, Generic, TypeVar
 from stem import Clock
 from stem._notify import Notifier
 
-__all__ = ["Baselines", "Signals", "signals_for", "wait_for_change"]
+__all__ = ["Baselines", "Pacer", "Signals", "signals_for", "wait_for_change"]
 
 K = TypeVar("K")
 V = TypeVar("V")
 
-#: First gap between two reads of a version counter; it doubles up to the wake interval.
-_FIRST_PROBE = 0.002
+#: Gap between two reads of a version counter right after activity (asyncio's timers
+#: on epoll wait whole milliseconds, so a shorter gap would be this one anyway)...
+FIRST_PROBE = 0.001
+#: ...kept for this many reads (the few milliseconds in which a result or the next task
+#: usually comes)...
+HOT_PROBES = 8
+#: ...then growing by this factor at each read that finds nothing, up to the wake
+#: interval (about 30 ms from the first read to a wake interval of 10 ms).
+PROBE_GROWTH = 1.5
+
+
+class Pacer:
+    """How long to wait before the next read of a version counter.
+
+    Short right after activity (:meth:`active`), longer at each read that finds no
+    change, up to ``interval``. One pacer may serve several waits in a row (a worker
+    waiting on its queues again and again): an idle worker stays at ``interval``.
+    """
+
+    __slots__ = ("_first", "_hot", "gap", "interval")
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._first = min(FIRST_PROBE, interval)
+        self.gap = self._first
+        self._hot = HOT_PROBES
+
+    def active(self) -> None:
+        """Something happened: read again soon."""
+        self.gap = self._first
+        self._hot = HOT_PROBES
+
+    def next_gap(self) -> float:
+        gap = self.gap
+        if self._hot > 0:
+            self._hot -= 1
+        else:
+            self.gap = min(gap * PROBE_GROWTH, self.interval)
+        return gap
 
 
 class _LoopSignals:
@@ -146,13 +188,13 @@ async def wait_for_change(
     notifier: Notifier,
     probe: Callable[[], Awaitable[V]],
     baseline: V,
-    interval: float,
+    pacer: Pacer,
 ) -> None:
     """Return when ``notifier`` fires, ``probe()`` differs from ``baseline``, or at ``deadline``.
 
     ``deadline`` is on ``clock.monotonic()``, so a FakeClock ends the wait when it is
-    advanced. The probes are paced in real time: they detect other processes' commits,
-    which a FakeClock knows nothing about.
+    advanced. The probes are paced in real time by ``pacer``: they detect other
+    processes' commits, which a FakeClock knows nothing about.
     """
     remaining = deadline - clock.monotonic()
     if remaining <= 0:
@@ -160,12 +202,15 @@ async def wait_for_change(
         return
     waiter = asyncio.ensure_future(notifier.wait(clock, remaining))
     try:
-        gap = min(_FIRST_PROBE, interval)
         while True:
-            done, _ = await asyncio.wait({waiter}, timeout=gap)
-            if done or await probe() != baseline:
+            done, _ = await asyncio.wait({waiter}, timeout=pacer.next_gap())
+            if done:
+                if clock.monotonic() < deadline:  # woken by this process, not timed out
+                    pacer.active()
                 return
-            gap = min(gap * 2, interval)
+            if await probe() != baseline:
+                pacer.active()
+                return
     finally:
         if not waiter.done():
             waiter.cancel()

@@ -38,14 +38,21 @@ class Interruptible(Generic[T]):
     cancellation back with ``uncancel()`` so the task is not left half-cancelled.
     """
 
+    __slots__ = ("_coro", "_over", "_pending", "_task")
+
     def __init__(self, coro: Coroutine[Any, Any, T]) -> None:
         self._coro = coro
         self._pending: BaseException | None = None
         self._task: asyncio.Task[Any] | None = None
+        self._over = False
 
     def interrupt(self, exc: BaseException) -> None:
-        """Throw ``exc`` into the coroutine at its current await (soon, not now)."""
-        if self._task is None or self._task.done():
+        """Throw ``exc`` into the coroutine at its current await (soon, not now).
+
+        Does nothing once the coroutine has ended: the task that ran it (a worker's
+        slot) may be running another handler by then.
+        """
+        if self._task is None or self._over or self._task.done():
             return
         self._pending = exc
         self._task.cancel()
@@ -55,20 +62,23 @@ class Interruptible(Generic[T]):
         coro = self._coro
         to_send: Any = None
         to_throw: BaseException | None = None
-        while True:
-            try:
-                yielded = coro.throw(to_throw) if to_throw is not None else coro.send(to_send)
-            except StopIteration as stop:
-                return stop.value  # type: ignore[no-any-return]
-            to_send, to_throw = None, None
-            try:
-                to_send = yield yielded
-            except BaseException as exc:
-                to_throw = exc
-            if self._pending is not None:
-                to_throw, self._pending = self._pending, None
-                if self._task is not None:
-                    self._task.uncancel()
+        try:
+            while True:
+                try:
+                    yielded = coro.throw(to_throw) if to_throw is not None else coro.send(to_send)
+                except StopIteration as stop:
+                    return stop.value  # type: ignore[no-any-return]
+                to_send, to_throw = None, None
+                try:
+                    to_send = yield yielded
+                except BaseException as exc:
+                    to_throw = exc
+                if self._pending is not None:
+                    to_throw, self._pending = self._pending, None
+                    if self._task is not None:
+                        self._task.uncancel()
+        finally:
+            self._over = True
 
 
 class ThreadCall:

@@ -13,10 +13,19 @@ import msgspec
 
 from .._codec import decode_envelope, encode_envelope
 from .._errors import DecodeError, SoftTimeLimitExceeded, TimeLimitExceeded
-from .._execute import Interrupted, decode_payload, execute
+from .._execute import (
+    Interrupted,
+    Outcome,
+    decode_payload,
+    execute,
+    failed,
+    prepare,
+    succeeded,
+)
 from .._messages import Delivery, Envelope, Message, TaskError
 from .._task import Task, TaskContext, _Runtime
 from ._interrupt import Interruptible
+from ._slots import InContext
 
 if TYPE_CHECKING:
     from ._worker import Worker
@@ -33,9 +42,14 @@ class Terminated(Interrupted):
     """
 
 
-@dataclass(eq=False)
-class Job:
-    """A delivery in a worker, from reservation to settlement."""
+@dataclass(eq=False, slots=True)
+class Job(_Runtime):
+    """A delivery in a worker, from reservation to settlement.
+
+    A slot of the worker runs :meth:`handle`; a job that succeeds is usually over
+    only when its result is written, after ``handle`` returned (``settling``). It is
+    also the runtime of its handler's context (progress, lease extensions).
+    """
 
     worker: Worker
     delivery: Delivery
@@ -46,7 +60,21 @@ class Job:
     started_at: float = 0.0
     lease_expires_at: float = 0.0
     interrupt: Callable[[BaseException], None] | None = None
+    #: The slot task running the job, while one does, and what drives the job there.
     task: asyncio.Task[None] | None = field(default=None, repr=False)
+    driver: InContext | None = field(default=None, repr=False)
+    #: Its result is in the settle batch: the job ends when the batch is written.
+    settling: bool = False
+    #: The handler's time, for the log line.
+    elapsed: float = 0.0
+    _ctx: TaskContext | None = field(default=None, repr=False)
+
+    def context(self) -> TaskContext:
+        """The handler's context: made when first needed, then the same for every hook."""
+        if self._ctx is None:
+            assert self.envelope is not None
+            self._ctx = TaskContext(self.worker.app, self.envelope, self)
+        return self._ctx
 
     # -- the pipeline ------------------------------------------------------------------
 
@@ -72,7 +100,9 @@ class Job:
                 self, "malformed", TaskError(type="DecodeError", message=str(exc))
             )
             return
-        await app.hooks.emit("on_consume", envelope=envelope, delivery=delivery)
+        hooks = app.hooks
+        if "on_consume" in hooks.listened:
+            await hooks.emit("on_consume", envelope=envelope, delivery=delivery)
         if envelope.id in worker.revoked:
             await worker.finish_revoked(self, "revoked before it started")
             return
@@ -88,33 +118,56 @@ class Job:
             )
             await worker.dead_letter(self, "unknown-task", error)
             return
-        if task.options_.visibility_timeout != self.lease:
-            self.lease = task.options_.visibility_timeout
+        options = task.options_
+        if options.visibility_timeout != self.lease:
+            self.lease = options.visibility_timeout
             await worker.renew(self)
-        if task.options_.rate_limit is not None and not envelope.meta.get("stem.rate_booked"):
-            delay = await worker.rate_limiter.reserve(task.name, task.options_.rate_limit)
+        if options.rate_limit is not None and not envelope.meta.get("stem.rate_booked"):
+            # It waits in its slot (the slot is the worker's hard cap on handlers).
+            delay = await worker.rate_limiter.reserve(task.name, options.rate_limit)
             if delay > worker.rate_limit_hold:
                 await worker.reschedule(self, envelope, delay, {"stem.rate_booked": True})
                 return
             if delay > 0:
                 await app.clock.sleep(delay)
-        await worker.acquire_slot()
-        try:
-            await self._run(task, envelope)
-        finally:
-            worker.release_slot()
-
-    async def _run(self, task: Task[Any, Any], envelope: Envelope) -> None:
-        worker, app = self.worker, self.worker.app
         self.running = True
         self.started_at = app.clock.monotonic()
         if worker.track_started:
-            worker.note_started(envelope)
-        ctx = TaskContext(app, envelope, _JobRuntime(self))
-        await app.hooks.emit("before_execute", ctx=ctx)
+            worker.note_started(self)
+        if "before_execute" in hooks.listened:
+            await hooks.emit("before_execute", ctx=self.context())
         try:
-            outcome = await execute(app, task, ctx, self._invoke)
+            if (
+                task.is_async
+                and options.soft_time_limit is None
+                and options.time_limit is None
+                and not hooks.middleware
+                and self.task is not None
+            ):
+                # execute(), without its two coroutines: the handler is awaited right
+                # here, in the job's slot, where the slot's driver throws an interrupt
+                # into it (only while it runs: see _interrupt_inline).
+                prepared = prepare(app, task, envelope)
+                if isinstance(prepared, Outcome):
+                    outcome = prepared
+                else:
+                    args, kwargs = prepared
+                    self.interrupt = self._interrupt_inline
+                    try:
+                        if task.takes_context:
+                            value = await task.fn(self.context(), *args, **kwargs)
+                        else:
+                            value = await task.fn(*args, **kwargs)
+                    except BaseException as exc:
+                        outcome = failed(task, envelope, exc)  # Interrupted goes on up
+                    else:
+                        outcome = succeeded(app, task, envelope, value)
+                    finally:
+                        self.interrupt = None
+            else:
+                outcome = await execute(app, task, self.context(), self._invoke)
         except Interrupted as exc:  # Terminated, or ChildLost
+            self.interrupt = None
             if self.revoked:
                 await worker.finish_revoked(self, "terminated while running")
             else:
@@ -127,31 +180,46 @@ class Job:
                 )
                 await worker.broker.nack(self.delivery, requeue=True)
             return
+        self.interrupt = None
         if self.revoked:
             await worker.finish_revoked(self, "terminated while running")
             return
-        await app.hooks.emit("after_execute", ctx=ctx, outcome=outcome)
-        await worker.settle(self, task, envelope, outcome, ctx)
+        if "after_execute" in hooks.listened:
+            await hooks.emit("after_execute", ctx=self.context(), outcome=outcome)
+        await worker.settle(self, task, envelope, outcome)
 
     # -- pools -------------------------------------------------------------------------
 
     async def _invoke(
         self, task: Task[Any, Any], ctx: TaskContext, args: list[Any], kwargs: dict[str, Any]
     ) -> Any:
-        pool = self.worker.pool_for(task)
-        soft, hard = task.options_.soft_time_limit, task.options_.time_limit
+        options = task.options_
+        soft, hard = options.soft_time_limit, options.time_limit
         call_args = [ctx, *args] if task.takes_context else args
-        if pool == "async":
+        if task.is_async:
+            if soft is None and hard is None and self.task is not None:
+                # No timers (with middleware, else handle() calls it itself): the
+                # handler runs inline in the job's slot (see _interrupt_inline).
+                self.interrupt = self._interrupt_inline
+                try:
+                    return await task.fn(*call_args, **kwargs)
+                finally:
+                    self.interrupt = None
             return await self._run_async(task.fn(*call_args, **kwargs), soft, hard)
+        pool = self.worker.pool_for(task)
         if pool == "thread":
             return await self._run_thread(task.fn, call_args, kwargs, soft, hard)
         return await self._run_process(task, ctx, args, kwargs, soft, hard)
 
+    def _interrupt_inline(self, exc: BaseException) -> None:
+        # Called from another task, so the slot is suspended: in the handler, by now
+        # under the slot's driver (this is only ``interrupt`` while the handler runs).
+        if self.driver is not None:
+            self.driver.interrupt(exc)
+
     async def _run_async(self, coro: Any, soft: float | None, hard: float | None) -> Any:
         driver: Interruptible[Any] = Interruptible(coro)
         self.interrupt = driver.interrupt
-        if soft is None and hard is None:
-            return await driver  # no timers: run in the job's own task, one task per job
         timers = self._timers(
             soft,
             lambda: driver.interrupt(SoftTimeLimitExceeded(f"soft time limit of {soft:g}s passed")),
@@ -274,6 +342,20 @@ class Job:
             on_timeout()
         raise TimeLimitExceeded(f"hard time limit of {hard:g}s passed; the handler was stopped")
 
+    # -- the runtime of the handler's context -------------------------------------------
+
+    def event_loop(self) -> asyncio.AbstractEventLoop | None:
+        return self.worker.loop
+
+    async def progress(self, fraction: float, data: Any) -> None:
+        assert self.envelope is not None
+        await self.worker.store_progress(self.envelope, fraction, data)
+
+    async def extend_lease(self, seconds: float | None) -> bool:
+        if seconds is not None:
+            self.lease = max(self.lease, seconds)
+        return await self.worker.renew(self)
+
 
 class _Carried(Exception):
     """Carries a SystemExit or KeyboardInterrupt out of a handler's own asyncio task."""
@@ -290,21 +372,6 @@ def _why(exc: BaseException) -> str:
     except Exception:
         text = ""
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-class _JobRuntime(_Runtime):
-    def __init__(self, job: Job) -> None:
-        self.job = job
-        self.loop = asyncio.get_running_loop()
-
-    async def progress(self, fraction: float, data: Any) -> None:
-        assert self.job.envelope is not None
-        await self.job.worker.store_progress(self.job.envelope, fraction, data)
-
-    async def extend_lease(self, seconds: float | None) -> bool:
-        if seconds is not None:
-            self.job.lease = max(self.job.lease, seconds)
-        return await self.job.worker.renew(self.job)
 
 
 def retry_message(

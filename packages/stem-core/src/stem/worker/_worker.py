@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import math
 import os
@@ -11,6 +12,7 @@ import re
 import signal
 import socket
 import uuid
+from collections import deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
@@ -31,11 +33,12 @@ from .._messages import (
 )
 from .._options import PoolKind
 from .._ratelimit import LocalRateLimiter
-from .._task import Task, TaskContext
+from .._task import Task
 from ..contracts import RateLimiter
 from ._interrupt import ThreadPool
 from ._job import Job, Terminated, retry_message
 from ._process import ProcessPool
+from ._slots import DONE, InContext, run_inline
 
 if TYPE_CHECKING:
     from .._app import Stem
@@ -44,9 +47,24 @@ __all__ = ["Worker"]
 
 #: A status to store and how long to keep it.
 _Status = tuple[TaskStatus, float | None]
-#: One write waiting in the settle batch: a status, a delivery to ack after it, and the
-#: future of whoever waits for both (None for a write nobody waits for).
-_Entry = tuple[_Status | None, Delivery | None, asyncio.Future[None] | None]
+
+
+class _Started:
+    """A ``started`` status not built yet: it is built when its batch is written, and
+    only if no later status of the same task is in that batch (a quick task's result)."""
+
+    __slots__ = ("at", "envelope", "id")
+
+    def __init__(self, envelope: Envelope, at: float) -> None:
+        self.envelope = envelope
+        self.id = envelope.id
+        self.at = at
+
+
+#: One write waiting in the settle batch: a status, a delivery to ack after it, and who
+#: waits for both: a future, or the Job of a success whose value ``execute`` already
+#: checked (its write ends the job; see Worker._succeeded), or None (nobody waits).
+_Entry = tuple[_Status | _Started | None, Delivery | None, "asyncio.Future[None] | Job | None"]
 
 log = logging.getLogger("stem.worker")
 
@@ -136,6 +154,9 @@ class Worker:
         self.rate_limit_hold = rate_limit_hold
         self.track_started = track_started
         self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        if not isinstance(self.id, str) or not _encodes(self.id):
+            # It is in every status the worker writes, which are not checked one by one.
+            raise ConfigurationError(f"worker_id must be valid Unicode text, not {self.id!r}")
         self.threads = ThreadPool(high)  # its own threads: see ._interrupt
         self.processes = ProcessPool(process_pool_size or min(high, os.cpu_count() or 1))
         self.revoked: dict[str, RevokeEntry] = {}
@@ -156,9 +177,19 @@ class Worker:
         self._giving_up: asyncio.Task[None] | None = None
         self.started_at = 0.0
         self.last_consumed_at: float | None = None
-        self._running = 0
-        self._slot_freed = asyncio.Event()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        # Slots: one task per slot of concurrency runs jobs one after another (see
+        # _slot). Reserved jobs wait in _ready; idle slots wait on their future in _idle.
+        self._slots: set[asyncio.Task[None]] = set()
+        self._ready: deque[Job] = deque()
+        self._idle: deque[asyncio.Future[None]] = deque()
+        self._busy = 0  # slots running a job
+        self._inline_run = 8  # see _add_slots
+        self._finishing: set[asyncio.Task[None]] = set()  # see _unsettled
+        self._starting: list[Job] = []  # see note_started
         self._room = asyncio.Event()
+        self._waiting_for_room = False  # the consumer waits on _room (see _note_room)
+        self._closing = False  # _stopping is set: a plain flag for the slots' loop
         self._stopping = asyncio.Event()
         self._stopped = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
@@ -183,6 +214,7 @@ class Worker:
         if self._started:
             return
         self._started = True
+        self.loop = asyncio.get_running_loop()
         self.started_at = self.app.clock.now()
         timeouts = [t.options_.visibility_timeout for t in self.app.tasks.values()]
         self.lease = min([self.lease, *timeouts])
@@ -196,6 +228,7 @@ class Worker:
         ]
         if self.min_concurrency != self.max_concurrency:
             self._loops.append(asyncio.ensure_future(self._guard(self._autoscale(), "autoscaler")))
+        self._add_slots()
         log.info("%s", self.banner())
 
     def banner(self) -> str:
@@ -235,15 +268,27 @@ class Worker:
 
     async def _stop(self, grace: float) -> None:
         self._stopping.set()
+        self._closing = True
         self._room.set()
         with contextlib.suppress(asyncio.CancelledError):
             await self._loops[0]  # the consumer sees _stopping and gives back a batch it just read
-        for job in list(self.jobs):
-            if not job.running and job.task is not None:
-                job.task.cancel()  # not started yet: back to the queue at once
-        running = {j.task for j in self.jobs if j.task is not None}
-        if running and grace > 0 and not self._force.is_set():
-            await _first(asyncio.wait(running), self.app.clock.sleep(grace), self._force.wait())
+        # Not started yet: back to the queue at once. A slot seeing _stopping takes no
+        # more jobs; one still in its checks (a rate-limit wait) is cancelled.
+        waiting = list(self._ready)
+        self._ready.clear()
+        for job in self.jobs:
+            if job.task is not None and not job.running:
+                job.task.cancel()
+        for job in waiting:
+            with contextlib.suppress(Exception):  # else its lease runs out: not lost either
+                await self.broker.nack(job.delivery, requeue=True)
+            self._release(job)
+        while self._idle:
+            self._idle.popleft().set_result(None)  # idle slots end
+        if self._slots and grace > 0 and not self._force.is_set():
+            await _first(
+                asyncio.wait(set(self._slots)), self.app.clock.sleep(grace), self._force.wait()
+            )
         leftovers = [j for j in self.jobs if j.task is not None and not j.task.done()]
         for job in leftovers:
             log.warning("stopping %s before it finished; it goes back to the queue", _describe(job))
@@ -251,10 +296,12 @@ class Worker:
                 job.interrupt(Terminated())
             assert job.task is not None
             job.task.cancel()
-        if leftovers:
-            await asyncio.wait([j.task for j in leftovers if j.task is not None])
+        if self._slots:
+            await asyncio.wait(set(self._slots))
         if self._flusher is not None:
             await asyncio.shield(self._flusher)
+        if self._finishing:
+            await asyncio.wait(set(self._finishing))
         for loop in self._loops[1:]:
             loop.cancel()
         await asyncio.gather(*self._loops[1:], return_exceptions=True)
@@ -360,13 +407,19 @@ class Worker:
     async def _consume(self) -> None:
         backoff = 0.1
         while not self._stopping.is_set():
-            free = self.concurrency + self.prefetch - len(self.jobs)
-            if free <= 0:
+            wanted = self._to_reserve()
+            if wanted <= 0:
                 self._room.clear()
-                await self._room.wait()
+                self._waiting_for_room = True
+                try:
+                    await self._room.wait()
+                finally:
+                    self._waiting_for_room = False
                 continue
             try:
-                batch = await self.broker.reserve(self.queues, free, self.lease)
+                # While this read is out, the messages it asks for count as held: no
+                # other read is made, so prefetch=0 never takes more than the free slots.
+                batch = await self.broker.reserve(self.queues, wanted, self.lease)
                 self.last_consumed_at = self.app.clock.now()
                 if not batch:
                     await self._wait_for_messages()
@@ -390,7 +443,143 @@ class Worker:
                 job = Job(self, delivery, self.lease, lease_expires_at=delivery.lease_expires_at)
                 self.jobs.add(job)
                 self._schedule_renewal(job)
-                job.task = asyncio.ensure_future(self._run_job(job))
+                self._ready.append(job)
+            self._wake_slot()
+
+    def _to_reserve(self) -> int:
+        """How many messages to reserve now; 0 while the worker should wait for room.
+
+        A slot is free when no job runs in it and no reserved message waits for it
+        (so a finished handler whose result is being written frees its slot). The
+        worker reserves when half of ``concurrency + prefetch`` is free, or at once
+        when a slot is free and no message waits: the read overlaps with the handlers
+        still running, and a free slot never idles while messages are ready. Results
+        waiting to be written count too, beyond ``concurrency + prefetch`` of them, so
+        a slow result store slows the reading down instead of piling up work.
+        """
+        capacity = self.concurrency + self.prefetch
+        ready = len(self._ready)
+        free = capacity - self._busy - ready
+        settling = len(self.jobs) - self._busy - ready
+        if settling > capacity:
+            free -= settling - capacity
+        if free <= 0 or (ready and free < max(1, capacity // 2)):
+            return 0
+        return free
+
+    def _note_room(self) -> None:
+        """Wake the consumer if it waits for room and there is enough now."""
+        if self._waiting_for_room and self._to_reserve() > 0:
+            self._waiting_for_room = False
+            self._room.set()
+
+    # -- slots -----------------------------------------------------------------------------
+
+    def _add_slots(self) -> None:
+        # Jobs a slot runs one after another without waiting, before it lets the
+        # consumer and the settle batch run: a quarter of the capacity, at least 8.
+        self._inline_run = max(8, (self.concurrency + self.prefetch) // 4)
+        while len(self._slots) < self.concurrency:
+            slot = asyncio.ensure_future(self._slot())
+            slot.add_done_callback(self._slot_ended)
+            self._slots.add(slot)
+
+    def _slot_ended(self, slot: asyncio.Task[None]) -> None:
+        # A slot handles every error of its jobs; one that fails all the same (a bug)
+        # must not leave the worker with a slot fewer: say so, and start another.
+        if slot.cancelled() or slot.exception() is None:
+            return
+        log.error(
+            "a slot of worker %s failed; starting another", self.id, exc_info=slot.exception()
+        )
+        if not self._closing:
+            self._add_slots()
+
+    def _wake_slot(self) -> None:
+        """Wake one idle slot if a job waits: called when jobs arrive and when a job
+        suspends (its slot cannot take the next one until it resumes)."""
+        if self._ready and self._idle:
+            self._idle.popleft().set_result(None)
+
+    async def _slot(self) -> None:
+        """One slot of concurrency: runs ready jobs one after another until the worker
+        stops or has more slots than its concurrency (autoscaling down).
+
+        A job that finishes without waiting for anything (a quick async handler) is
+        followed at once by the next, with no task or future of its own; after a
+        quarter of the capacity run that way the slot yields, so the consumer and the
+        settle batch keep up.
+        """
+        me = asyncio.current_task()
+        assert me is not None and self.loop is not None
+        inline = 0
+        try:
+            while not self._closing and len(self._slots) <= self.concurrency:
+                if not self._ready:
+                    waiter = self.loop.create_future()
+                    self._idle.append(waiter)
+                    try:
+                        await waiter
+                    finally:
+                        if not waiter.done():  # cancelled while idle
+                            with contextlib.suppress(ValueError):
+                                self._idle.remove(waiter)
+                    inline = 0
+                    continue
+                job = self._ready.popleft()
+                self._busy += 1
+                job.task = me
+                suspended = False
+                try:
+                    coro, context = job.handle(), contextvars.copy_context()
+                    yielded = run_inline(coro, context)
+                    if yielded is not DONE:
+                        # It waits for something: the next job goes to another slot.
+                        suspended = True
+                        self._wake_slot()
+                        job.driver = InContext(coro, context, me, yielded)
+                        await job.driver
+                except asyncio.CancelledError:
+                    # Shutdown took the job back: it goes back to the queue at once, never lost.
+                    with contextlib.suppress(Exception):  # else its lease runs out: not lost either
+                        await asyncio.shield(self.broker.nack(job.delivery, requeue=True))
+                    if self._stopping.is_set():
+                        return
+                    while me.cancelling():  # the handler cancelled itself: the slot goes on
+                        me.uncancel()
+                except StoreLostError as exc:
+                    self._give_up(exc)
+                except Exception:
+                    log.exception(
+                        "unexpected error while handling a message; it will be redelivered"
+                    )
+                    with contextlib.suppress(Exception):
+                        await self.broker.nack(job.delivery, requeue=True)
+                finally:
+                    job.task = job.driver = None
+                    self._busy -= 1
+                    if not job.settling:
+                        self._release(job)
+                    elif (suspended or not self._ready) and self._waiting_for_room:
+                        self._note_room()  # else once per run of inline jobs, below
+                if suspended:
+                    inline = 0
+                else:
+                    inline += 1
+                    if inline >= self._inline_run:
+                        inline = 0
+                        if self._waiting_for_room:
+                            self._note_room()
+                        await asyncio.sleep(0)
+        finally:
+            self._slots.discard(me)
+            self._wake_slot()  # a job this slot would have taken goes to another
+
+    def _release(self, job: Job) -> None:
+        """The job is over: forget it."""
+        self.jobs.discard(job)
+        self._renew_at.pop(job, None)
+        self._note_room()
 
     def _give_up(self, exc: StoreLostError) -> None:
         """Stop at once (nothing can be stored any more); run() then raises ``exc``."""
@@ -408,35 +597,6 @@ class Worker:
             timeout = max(0.0, min(timeout, due - self.app.clock.now()))
         await _first(self.broker.wait_for_messages(self.queues, timeout), self._stopping.wait())
 
-    async def _run_job(self, job: Job) -> None:
-        try:
-            await job.handle()
-        except asyncio.CancelledError:
-            # Shutdown took the job back: it goes back to the queue at once, never lost.
-            with contextlib.suppress(Exception):  # else its lease runs out: not lost either
-                await asyncio.shield(self.broker.nack(job.delivery, requeue=True))
-        except StoreLostError as exc:
-            self._give_up(exc)
-        except Exception:
-            log.exception("unexpected error while handling a message; it will be redelivered")
-            with contextlib.suppress(Exception):
-                await self.broker.nack(job.delivery, requeue=True)
-        finally:
-            self.jobs.discard(job)
-            self._renew_at.pop(job, None)
-            self._room.set()
-
-    async def acquire_slot(self) -> None:
-        """Take one of ``concurrency`` running slots (the hard cap on running handlers)."""
-        while self._running >= self.concurrency:
-            self._slot_freed.clear()
-            await self._slot_freed.wait()
-        self._running += 1
-
-    def release_slot(self) -> None:
-        self._running -= 1
-        self._slot_freed.set()
-
     def pool_for(self, task: Task[Any, Any]) -> PoolKind:
         if task.is_async:
             return "async"
@@ -447,37 +607,34 @@ class Worker:
     # -- settling --------------------------------------------------------------------------
 
     async def settle(
-        self, job: Job, task: Task[Any, Any], envelope: Envelope, outcome: Outcome, ctx: TaskContext
+        self, job: Job, task: Task[Any, Any], envelope: Envelope, outcome: Outcome
     ) -> None:
         app = self.app
-        elapsed = app.clock.monotonic() - job.started_at
+        if log.isEnabledFor(logging.INFO):
+            job.elapsed = app.clock.monotonic() - job.started_at
         if outcome.kind is OutcomeKind.SUCCEEDED:
+            status = app.make_status(envelope, TaskState.SUCCEEDED, outcome=outcome, worker=self.id)
+            # "stem.unique": a claim to release after the write (see UniqueCoordinator).
+            if "stem.unique" not in envelope.meta and "on_success" not in app.hooks.listened:
+                # Nothing to await after the write: the slot moves on, and the write of
+                # the batch ends the job (_succeeded), or, if it fails, _unsettled does.
+                job.settling = True
+                self._settling.append((status, job.delivery, job))
+                if self._flusher is None:
+                    self._kick_flusher()
+                return
             try:
-                await self._settle(
-                    app.make_status(envelope, TaskState.SUCCEEDED, outcome=outcome, worker=self.id),
-                    job.delivery,
-                )
+                await self._settle(status, job.delivery)
             except SerializationError as exc:
                 # This result alone cannot be stored; the others of its batch were.
-                error = SerializationError(
-                    f"task {task.name!r} returned a value that cannot be stored as a result "
-                    f"({exc}); return plain data or register a result encoder"
-                )
-                outcome = Outcome(
-                    OutcomeKind.FAILED, error=task_error(error), reason="unserializable-result"
-                )
-        if outcome.kind is OutcomeKind.SUCCEEDED:
-            self._count("succeeded")
-            await app.unique.release(envelope)
-            log.info(
-                "%s[%s] succeeded in %.3fs (attempt %d)",
-                envelope.task,
-                envelope.id,
-                elapsed,
-                envelope.attempt + 1,
-            )
-            await app.hooks.emit("on_success", ctx=ctx, value=outcome.value)
-        elif outcome.kind is OutcomeKind.RETRY:
+                outcome = _unstorable(task.name, exc)
+            else:
+                self._count("succeeded")
+                await app.unique.release(envelope)
+                self._log_success(job, envelope)
+                await app.hooks.emit("on_success", ctx=job.context(), value=outcome.value)
+                return
+        if outcome.kind is OutcomeKind.RETRY:
             countdown = max(0.0, outcome.countdown or 0.0)
             following = msgspec.structs.replace(envelope, attempt=envelope.attempt + 1)
             await self.broker.publish(
@@ -497,20 +654,65 @@ class Worker:
                 envelope.max_retries,
                 countdown,
             )
-            await app.hooks.emit("on_retry", ctx=ctx, error=outcome.error, countdown=countdown)
+            await app.hooks.emit(
+                "on_retry", ctx=job.context(), error=outcome.error, countdown=countdown
+            )
         else:
-            await self.dead_letter(job, outcome.reason or "failed", outcome.error, outcome=outcome)
-            self._count("failed" if outcome.kind is OutcomeKind.FAILED else "dead")
-            message = outcome.error.message if outcome.error else ""
-            log.warning(
-                "%s[%s] %s after %d attempt(s)%s",
+            await self._fail(job, envelope, outcome)
+
+    async def _fail(self, job: Job, envelope: Envelope, outcome: Outcome) -> None:
+        await self.dead_letter(job, outcome.reason or "failed", outcome.error, outcome=outcome)
+        self._count("failed" if outcome.kind is OutcomeKind.FAILED else "dead")
+        message = outcome.error.message if outcome.error else ""
+        log.warning(
+            "%s[%s] %s after %d attempt(s)%s",
+            envelope.task,
+            envelope.id,
+            outcome.reason,
+            envelope.attempt + 1,
+            f": {message}" if message and message != outcome.reason else "",
+        )
+        await self.app.hooks.emit("on_failure", ctx=job.context(), error=outcome.error)
+
+    def _log_success(self, job: Job, envelope: Envelope) -> None:
+        if log.isEnabledFor(logging.INFO):
+            log.info(
+                "%s[%s] succeeded in %.3fs (attempt %d)",
                 envelope.task,
                 envelope.id,
-                outcome.reason,
+                job.elapsed,
                 envelope.attempt + 1,
-                f": {message}" if message and message != outcome.reason else "",
             )
-            await app.hooks.emit("on_failure", ctx=ctx, error=outcome.error)
+
+    def _succeeded(self, jobs: list[Job]) -> None:
+        """Successes handed to the batch (see :meth:`settle`) are stored and acked."""
+        self.counters["succeeded"] += len(jobs)
+        self.counters["processed"] += len(jobs)
+        logging_them = log.isEnabledFor(logging.INFO)
+        for job in jobs:
+            if logging_them:
+                assert job.envelope is not None
+                self._log_success(job, job.envelope)
+            self.jobs.discard(job)  # as _release does, but the consumer is woken once
+            self._renew_at.pop(job, None)
+        self._note_room()
+
+    async def _unsettled(self, job: Job, error: Exception) -> None:
+        """A success handed to the batch could not be stored: what awaiting it would have done."""
+        try:
+            if isinstance(error, SerializationError):
+                assert job.envelope is not None
+                await self._fail(job, job.envelope, _unstorable(job.envelope.task, error))
+            elif isinstance(error, StoreLostError):
+                self._give_up(error)
+            else:  # _give_back logged why; the message goes back to the queue
+                await self.broker.nack(job.delivery, requeue=True)
+        except StoreLostError as exc:
+            self._give_up(exc)
+        except Exception:
+            log.exception("unexpected error while handling a message; it will be redelivered")
+        finally:
+            self._release(job)
 
     async def dead_letter(
         self, job: Job, reason: str, error: TaskError | None, *, outcome: Outcome | None = None
@@ -609,22 +811,26 @@ class Worker:
         )
         await self._settle(status, None)
 
-    def note_started(self, envelope: Envelope) -> None:
-        """Queue a ``started`` status for the next batched write; the handler does not wait.
+    def note_started(self, job: Job) -> None:
+        """A handler begins: its ``started`` status goes into the next batched write,
+        unless a later status of its task is in that batch (a quick task's result),
+        in which case it is never built. The handler does not wait for it.
 
-        It shares the ordered batch with final statuses, so it can never land after
-        the final status of the same task.
+        It goes first in that batch, so it can never land after another status of
+        the same task (see _take_batch).
         """
-        started = self.app.make_status(envelope, TaskState.STARTED, worker=self.id)
-        self._settling.append((started, None, None))
-        self._kick_flusher()
+        self._starting.append(job)
+        if self._flusher is None:
+            self._kick_flusher()
 
     async def _settle(self, status: _Status | None, delivery: Delivery | None) -> None:
         """Store the status, then ack (if a delivery is given), batched with whatever else
-        finished in the same moment. Every status the worker writes goes through here, so
-        writes for one task land in the order they were made.
+        finished in the same moment. Every status the worker writes goes through here
+        (or through the batch directly, see :meth:`settle`), so writes for one task land
+        in the order they were made.
         """
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        assert self.loop is not None
+        done: asyncio.Future[None] = self.loop.create_future()
         self._settling.append((status, delivery, done))
         self._kick_flusher()
         await done
@@ -636,14 +842,28 @@ class Worker:
     async def _flush(self) -> None:
         try:
             await asyncio.sleep(0)  # let the handlers finishing in this loop turn join the batch
-            while self._settling:
-                batch, self._settling = self._settling, []
-                entries = self._storable(batch)
+            while self._settling or self._starting:
+                entries = self._storable(self._take_batch())
                 error = await self._write(entries)
                 if error is not None:
                     await self._isolate(entries, error)
         finally:
             self._flusher = None
+
+    def _take_batch(self) -> list[_Entry]:
+        """What waits to be written: the ``started`` statuses of the jobs that began
+        since the last batch and have not handed over their result, then the rest."""
+        batch, self._settling = self._settling, []
+        starting, self._starting = self._starting, []
+        if starting:
+            now = self.app.clock.now()
+            started: list[_Entry] = [
+                (_Started(job.envelope, now), None, None)
+                for job in starting
+                if not job.settling and job.envelope is not None
+            ]
+            batch = started + batch
+        return batch
 
     def _storable(self, batch: list[_Entry]) -> list[_Entry]:
         """The batch as it will be written: one status per task, each one encodable.
@@ -651,39 +871,59 @@ class Worker:
         A status that cannot be encoded fails its own waiter with a SerializationError
         (its delivery is not acked) and leaves the batch: one bad result never fails
         the others. Error text no backend can hold (lone surrogates) is escaped instead.
+        A success handed over by its Job is not encoded here: ``execute`` checked its
+        value where it was produced, and its other fields come from a decoded envelope.
         """
         # Of several statuses of one task in a batch (a quick task's "started"
-        # and its result, say), only the last needs writing.
-        last = {status[0].id: i for i, (status, _, _) in enumerate(batch) if status is not None}
+        # and its result, say), only the last needs writing: walk back from the end.
+        seen: set[str] = set()
         entries: list[_Entry] = []
-        for i, (status, delivery, fut) in enumerate(batch):
+        make_status, worker = self.app.make_status, self.id
+        for status, delivery, waiter in reversed(batch):
             if status is not None:
-                if last[status[0].id] != i:
+                key = status.id if isinstance(status, _Started) else status[0].id
+                if key in seen:
                     status = None
                 else:
-                    try:
-                        status = (_storable(status[0]), status[1])
-                    except SerializationError as exc:
-                        if fut is None:
-                            log.warning("%s; not stored", exc)
-                        elif not fut.done():
-                            fut.set_exception(exc)
-                        continue
-            entries.append((status, delivery, fut))
+                    seen.add(key)
+                    if isinstance(status, _Started):
+                        status = make_status(
+                            status.envelope, TaskState.STARTED, worker=worker, now=status.at
+                        )
+                    elif waiter is None or type(waiter) is not Job:
+                        try:
+                            status = (_storable(status[0]), status[1])
+                        except SerializationError as exc:
+                            if waiter is None:
+                                log.warning("%s; not stored", exc)
+                            elif isinstance(waiter, asyncio.Future) and not waiter.done():
+                                waiter.set_exception(exc)
+                            continue
+            if status is None and delivery is None and waiter is None:
+                continue  # a started status that a later one replaces
+            entries.append((status, delivery, waiter))
+        entries.reverse()
         return entries
 
     async def _write(self, entries: list[_Entry]) -> Exception | None:
         """Store the statuses, then ack the deliveries; on success, release the waiters."""
-        statuses = [s for s, _, _ in entries if s is not None]
+        statuses: list[_Status] = [s for s, _, _ in entries if s is not None]  # type: ignore[misc]
         deliveries = [d for _, d, _ in entries if d is not None]
         if statuses or deliveries:
             try:
                 await self.broker.settle(deliveries, statuses, self.app.backend)
             except Exception as exc:
                 return exc
-        for _, _, fut in entries:
-            if fut is not None and not fut.done():
-                fut.set_result(None)
+        succeeded: list[Job] = []
+        for _, _, waiter in entries:
+            if waiter is None:
+                continue
+            if type(waiter) is Job:
+                succeeded.append(waiter)
+            elif isinstance(waiter, asyncio.Future) and not waiter.done():
+                waiter.set_result(None)
+        if succeeded:
+            self._succeeded(succeeded)
         return None
 
     async def _isolate(self, entries: list[_Entry], error: Exception) -> None:
@@ -723,9 +963,13 @@ class Worker:
                 len(entries),
                 exc_info=error,
             )
-        for _, _, fut in entries:
-            if fut is not None and not fut.done():
-                fut.set_exception(error)
+        for _, _, waiter in entries:
+            if type(waiter) is Job:
+                finishing = asyncio.ensure_future(self._unsettled(waiter, error))
+                self._finishing.add(finishing)
+                finishing.add_done_callback(self._finishing.discard)
+            elif isinstance(waiter, asyncio.Future) and not waiter.done():
+                waiter.set_exception(error)
 
     # -- background loops ------------------------------------------------------------------
 
@@ -871,8 +1115,13 @@ class Worker:
         if value != self.concurrency:
             log.info("worker %s concurrency %d -> %d", self.id, self.concurrency, value)
             self.concurrency = value
-            self._room.set()
-            self._slot_freed.set()
+            if self._started and not self._closing:
+                self._add_slots()
+                # Idle slots beyond the new concurrency end (_slot checks); the busy
+                # ones end after their job.
+                for _ in range(min(len(self._idle), len(self._slots) - self.concurrency)):
+                    self._idle.popleft().set_result(None)
+            self._note_room()
 
 
 async def _first(*awaitables: Any) -> None:
@@ -887,6 +1136,23 @@ async def _first(*awaitables: Any) -> None:
 
 _ENCODING_ERRORS = (TypeError, ValueError, OverflowError, msgspec.EncodeError)
 _probe = msgspec.json.Encoder(enc_hook=enc_hook)
+
+
+def _encodes(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _unstorable(task: str, exc: SerializationError) -> Outcome:
+    """The failure of a task whose result the backend could not store."""
+    error = SerializationError(
+        f"task {task!r} returned a value that cannot be stored as a result "
+        f"({exc}); return plain data or register a result encoder"
+    )
+    return Outcome(OutcomeKind.FAILED, error=task_error(error), reason="unserializable-result")
 
 
 def _storable(status: TaskStatus) -> TaskStatus:

@@ -1,0 +1,89 @@
+"""The benchmarks in tools/bench keep working: each runs at a tiny size and says what it measured.
+
+The figures of a run this small mean nothing; what is checked is that every measure
+runs end to end (worker processes, the floor's copy of Stem's SQL, the JSON report)
+and that the steady-state arithmetic is right.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "tools" / "bench"
+
+
+def _run(script: str, *args: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STEM_")}
+    return subprocess.run(
+        [sys.executable, str(BENCH / script), *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+
+
+def _measure() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bench_measure", BENCH / "_measure.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_steady_rate_leaves_out_start_up_and_tail() -> None:
+    m = _measure()
+    # 101 tasks a millisecond apart, after a 5 s start-up gap and before a 5 s tail gap.
+    stamps = [0.0] + [5.0 + i / 1000 for i in range(99)] + [15.0]
+    assert m.steady_rate(stamps) == pytest.approx(1000, rel=0.01)
+    assert m.window_rates([i / 100 for i in range(30)], 10) == pytest.approx([100, 100, 100])
+    assert m.percentile([1.0, 2.0, 3.0, 4.0], 50) == pytest.approx(2.5)
+
+
+@pytest.mark.slow
+@pytest.mark.processes
+def test_sqlite_vs_huey_runs_every_measure(tmp_path: Path) -> None:
+    out = tmp_path / "figures.json"
+    args = ["-n", "200", "-r", "1", "--sync", "normal", "--round-trips", "20"]
+    args += ["--json", str(out), "--tmp", str(tmp_path)]
+    if importlib.util.find_spec("huey") is None:
+        args += ["--systems", "stem,floor"]
+    done = _run("sqlite_vs_huey.py", *args, tmp_path=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "| measure | synchronous | Stem | Huey | floor |" in done.stdout
+    assert "synchronous NORMAL: stem=NORMAL" in done.stdout, (
+        "the benchmark no longer reads stem-sqlite's synchronous setting back: "
+        "update stem_synchronous() in tools/bench/_systems.py\n" + done.stdout
+    )
+    report = json.loads(out.read_text())
+    figures = report["figures"]["NORMAL"]
+    for key in ("enqueue_one", "enqueue_batched", "drain", "rtt_p50", "drain_two"):
+        assert figures[key]["stem"][0] > 0, key
+    for key in ("enqueue_one", "enqueue_batched", "drain"):
+        assert figures[key]["floor"][0] > 0, key
+    if "huey" in report["raw"]["NORMAL"]:
+        for key in ("enqueue_one", "drain", "rtt_p50", "drain_two"):
+            assert figures[key]["huey"][0] > 0, key
+        assert report["read_back"]["NORMAL"]["huey"] == "NORMAL"
+
+
+@pytest.mark.slow
+def test_memory_drain_runs_both_handlers(tmp_path: Path) -> None:
+    out = tmp_path / "figures.json"
+    done = _run("memory_drain.py", "-n", "200", "-r", "1", "--json", str(out), tmp_path=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "| async def (event loop) |" in done.stdout
+    assert "| def (thread pool) |" in done.stdout
+    figures = json.loads(out.read_text())["figures"]
+    assert figures["async"]["steady"][0] > 0
+    assert figures["sync"]["steady"][0] > 0
