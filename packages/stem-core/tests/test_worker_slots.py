@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import gc
 from typing import Any
 
 import pytest
 
-from stem import AdapterError, Stem, TaskState
+from stem import AdapterError, Stem, TaskContext, TaskState
 
 Until = Any
 
@@ -292,3 +293,24 @@ async def test_a_slot_that_fails_is_replaced(
     assert "a slot of worker" in caplog.text and "a bug in the worker" in caplog.text
     for n, ref in enumerate(refs, start=1):
         assert (await app.wait_for_task(ref, timeout=1)).value == n
+
+
+async def test_jobs_leave_no_reference_cycles(app: Stem, until: Until) -> None:
+    # A job and its handler's context refer to each other; a cycle left behind per task
+    # would be freed only by the cycle collector, and make a busy worker pay for it.
+    @app.task(name="t")
+    async def t(ctx: TaskContext, n: int) -> int:
+        return n
+
+    app.hooks.on("on_success")(lambda ctx, value: None)
+    async with app.worker(concurrency=10) as worker:
+        await t.enqueue(0)
+        await until(lambda: worker.counters["processed"] == 1)
+        gc.collect()
+        gc.disable()
+        try:
+            await app.enqueue_many([t.call(n) for n in range(200)])
+            await until(lambda: worker.counters["processed"] == 201)
+            assert gc.collect() == 0
+        finally:
+            gc.enable()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import inspect
 import logging
 import os
-import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar, overload
@@ -18,6 +17,7 @@ from ._deadletters import DeadLetters
 from ._errors import ConfigurationError, UnknownTaskError
 from ._execute import Outcome, OutcomeKind, execute
 from ._hooks import Hooks
+from ._ids import new_task_id
 from ._messages import (
     Envelope,
     Message,
@@ -455,7 +455,9 @@ class Stem:
             raise ConfigurationError("a task name is needed to enqueue")
         task = self.tasks.get(name)
         opts = task.options_ if task else None
-        queue = check_queue(overrides.get("queue") or (opts.queue if opts else self.default_queue))
+        queue = overrides.get("queue")
+        # A task's queue and the default queue were checked when they were set.
+        queue = check_queue(queue) if queue else (opts.queue if opts else self.default_queue)
         priority = (
             check_priority(overrides["priority"])
             if "priority" in overrides
@@ -482,7 +484,7 @@ class Stem:
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items()):
             raise ConfigurationError("headers must map strings to strings")
         envelope = Envelope(
-            id=str(overrides.get("task_id") or uuid.uuid4()),
+            id=str(overrides.get("task_id") or new_task_id()),
             task=name,
             queue=queue,
             args=list(encoder.encode(list(args))),

@@ -43,9 +43,8 @@ __all__ = ["SqliteBroker"]
 # Row states. Literals in the SQL below (not parameters) so the partial indexes apply.
 _READY, _DELAYED, _LEASED = 0, 1, 2
 
-#: Publishes, enqueues, reserves and settles of at most this many messages are small
-#: writes: committed on the event loop when that cannot block (see
-#: Database.write_small), saving a thread hop.
+#: Publishes and enqueues of at most this many messages are small writes: committed on
+#: the event loop when that cannot block (see Database.write_small), saving a thread hop.
 SMALL_BATCH = 8
 
 _INSERT = (
@@ -225,9 +224,11 @@ class SqliteBroker(FileStore, Broker):
         now = self.clock.now()
         until = now + lease
         db = await self._db()
-        # A small read (an idle worker's, typically) is a small write: no thread hop.
-        write = db.write_small if limit <= SMALL_BATCH else db.write
-        rows, signal = await write(_reserve, list(queues), limit, now, until, secrets.token_hex(6))
+        # Always on the database thread, even when small: a worker's loop runs its
+        # tasks meanwhile (measured: small reserves and settles on the loop drained slower).
+        rows, signal = await db.write(
+            _reserve, list(queues), limit, now, until, secrets.token_hex(6)
+        )
         key = tuple(queues)
         if signal is not None:
             self._drained[key] = max(signal, self._drained.get(key, signal))
@@ -313,8 +314,7 @@ class SqliteBroker(FileStore, Broker):
             return
         rows, now = backend.status_rows(statuses)
         pairs = [(seq, d.receipt) for d in deliveries if (seq := _seq(d)) is not None]
-        write = db.write_small if len(rows) <= SMALL_BATCH else db.write
-        swept = await write(_store_and_ack, rows, now, backend._sweep_statuses.due(), pairs)
+        swept = await db.write(_store_and_ack, rows, now, backend._sweep_statuses.due(), pairs)
         backend._sweep_statuses.swept(swept)
         db.signals.statuses_changed([row[0] for row in rows])
 

@@ -76,6 +76,11 @@ class Job(_Runtime):
             self._ctx = TaskContext(self.worker.app, self.envelope, self)
         return self._ctx
 
+    def close(self) -> None:
+        """The job is over: drop its context, which refers back to it (a cycle that
+        only the cycle collector would free otherwise)."""
+        self._ctx = None
+
     # -- the pipeline ------------------------------------------------------------------
 
     async def handle(self) -> None:

@@ -577,6 +577,7 @@ class Worker:
 
     def _release(self, job: Job) -> None:
         """The job is over: forget it."""
+        job.close()
         self.jobs.discard(job)
         self._renew_at.pop(job, None)
         self._note_room()
@@ -693,7 +694,8 @@ class Worker:
             if logging_them:
                 assert job.envelope is not None
                 self._log_success(job, job.envelope)
-            self.jobs.discard(job)  # as _release does, but the consumer is woken once
+            job.close()  # as _release does, but the consumer is woken once
+            self.jobs.discard(job)
             self._renew_at.pop(job, None)
         self._note_room()
 
