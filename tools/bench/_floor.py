@@ -3,14 +3,13 @@
 One thread, no asyncio, no worker: the best a Python program can do with Stem's schema,
 the yardstick for the adapter's own overhead. The schema is made by stem-sqlite itself
 (its migrations run when the floor's file is first opened through Stem), so a change of
-indexes or columns reaches the floor at once; the statements below are copied from
-``packages/stem-sqlite/src/stem_sqlite/_broker.py`` and ``_backend.py`` and must be kept
-in step with them (the smoke test in tests/test_bench.py fails when a column they name
-goes away).
+indexes or columns reaches the floor at once; the statements are imported from
+``stem_sqlite._broker`` and ``stem_sqlite._backend`` (private: the floor is ours), so
+they are always the ones Stem runs.
 
 The work per task, as Stem does it:
 
-- enqueue: a ``queued`` status (delete-if-expired, then upsert) and the message row, and
+- enqueue: a ``queued`` status (Stem's ``store_statuses``) and the message row, and
   the queue's signal counter bumped, in one ``BEGIN IMMEDIATE`` transaction per call
   (one task, or a batch of 100);
 - drain, per batch of 100: one transaction leasing the batch with the ``UPDATE ...
@@ -34,35 +33,14 @@ from typing import Any
 import msgspec
 
 from stem import Stem
+from stem._ids import new_task_id
+from stem_sqlite._backend import store_statuses
+
+# Stem's own statements, imported rather than copied, so the floor cannot drift from them.
+from stem_sqlite._broker import _BUMP, _INSERT, _LEASE
 
 __all__ = ["FloorRun", "run_floor"]
 
-_INSERT = (
-    "INSERT INTO stem_messages (queue, id, body, priority, eta, due, state)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?)"
-)
-_BUMP = (
-    "INSERT INTO stem_queue_signals (queue, version) VALUES (?, 1)"
-    " ON CONFLICT (queue) DO UPDATE SET version = version + 1"
-)
-_DELETE_EXPIRED = (
-    "DELETE FROM stem_task_statuses"
-    " WHERE id IN (SELECT value FROM json_each(?)) AND expires_at <= ?"
-)
-_UPSERT_STATUS = (
-    "INSERT INTO stem_task_statuses (id, state, task, updated_at, expires_at, data, version)"
-    " VALUES (?, ?, ?, ?, ?, ?, 1)"
-    " ON CONFLICT (id) DO UPDATE SET state = excluded.state, task = excluded.task,"
-    " updated_at = excluded.updated_at, expires_at = excluded.expires_at,"
-    " data = excluded.data, version = version + 1"
-)
-_LEASE = (
-    "UPDATE stem_messages SET state = 2, deliveries = deliveries + 1, lease_until = :until,"
-    " receipt = seq || '.' || (deliveries + 1) || '.' || :nonce"
-    " WHERE seq IN (SELECT seq FROM stem_messages WHERE queue = :queue AND state = 0"
-    " ORDER BY priority DESC, due, seq LIMIT :limit)"
-    " RETURNING seq, id, body, priority, eta, due, deliveries, receipt"
-)
 _ACK = "DELETE FROM stem_messages WHERE seq = ? AND receipt = ?"
 
 _QUEUE = "default"
@@ -121,7 +99,7 @@ def _template_body(conn: sqlite3.Connection) -> bytes:
 def _enqueue(conn: sqlite3.Connection, body: bytes, count: int) -> None:
     """Stem's enqueue of ``count`` tasks in one transaction (see _broker._enqueue)."""
     now = time.time()
-    ids = [str(uuid.uuid4()) for _ in range(count)]
+    ids = [new_task_id() for _ in range(count)]
     statuses = [
         (
             tid,
@@ -137,8 +115,7 @@ def _enqueue(conn: sqlite3.Connection, body: bytes, count: int) -> None:
     ]
     conn.execute("BEGIN IMMEDIATE")
     try:
-        conn.execute(_DELETE_EXPIRED, (_encode(ids).decode(), now))
-        conn.executemany(_UPSERT_STATUS, statuses)
+        store_statuses(conn, statuses, now, False, new=True)
         conn.executemany(_INSERT, [(_QUEUE, tid, body, 0, None, now, 0) for tid in ids])
         conn.executemany(_BUMP, [(_QUEUE,)])
         conn.execute("COMMIT")
@@ -194,8 +171,7 @@ def _drain(conn: sqlite3.Connection, batch: int) -> list[float]:
             pairs.append((seq, receipt))
         conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.execute(_DELETE_EXPIRED, (_encode([s[0] for s in statuses]).decode(), now))
-            conn.executemany(_UPSERT_STATUS, statuses)
+            store_statuses(conn, statuses, now, False)
             conn.executemany(_ACK, pairs)
             conn.execute("COMMIT")
         except BaseException:
