@@ -33,7 +33,7 @@ class _Queue:
         default_factory=list
     )  # (-priority, due, seq)
     delayed: list[tuple[float, int, _Entry]] = field(default_factory=list)  # (due, seq)
-    leased: dict[int, _Entry] = field(default_factory=dict)
+    leased: dict[str, _Entry] = field(default_factory=dict)  # by receipt
     dead: list[DeadLetter] = field(default_factory=list)
 
 
@@ -77,9 +77,9 @@ class MemoryBroker(Broker):
         while queue.delayed and queue.delayed[0][0] <= now:
             _, _, entry = heapq.heappop(queue.delayed)
             heapq.heappush(queue.ready, (-entry.message.priority, entry.due, entry.seq, entry))
-        expired = [e for e in queue.leased.values() if e.lease_until <= now]
-        for entry in expired:
-            del queue.leased[entry.seq]
+        expired = [(r, e) for r, e in queue.leased.items() if e.lease_until <= now]
+        for receipt, entry in expired:
+            del queue.leased[receipt]
             entry.receipt = None
             heapq.heappush(queue.ready, (-entry.message.priority, entry.due, entry.seq, entry))
 
@@ -96,7 +96,7 @@ class MemoryBroker(Broker):
                 entry.deliveries += 1
                 entry.receipt = f"{entry.seq}:{entry.deliveries}"
                 entry.lease_until = now + lease
-                queue.leased[entry.seq] = entry
+                queue.leased[entry.receipt] = entry
                 out.append(
                     Delivery(
                         message=entry.message,
@@ -126,16 +126,14 @@ class MemoryBroker(Broker):
     def _current(self, delivery: Delivery) -> _Entry | None:
         """The leased entry if ``delivery`` is its current hand-out (any other receipt: None)."""
         queue = self._queues.get(delivery.message.queue)
-        seq, _, _ = delivery.receipt.partition(":")
-        entry = queue.leased.get(int(seq)) if queue is not None and seq.isdigit() else None
-        return entry if entry is not None and entry.receipt == delivery.receipt else None
+        return None if queue is None else queue.leased.get(delivery.receipt)
 
     def _take(self, delivery: Delivery) -> _Entry | None:
         """Remove and return the leased entry if ``delivery`` is its current hand-out."""
         entry = self._current(delivery)
         if entry is None:
             return None
-        del self._queues[delivery.message.queue].leased[entry.seq]
+        del self._queues[delivery.message.queue].leased[delivery.receipt]
         entry.receipt = None
         return entry
 
