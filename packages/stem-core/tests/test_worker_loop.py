@@ -303,3 +303,22 @@ async def test_the_start_banner_says_where_and_what(
     assert "memory://ada:***@banner-test" in text and "s3cret" not in text
     for part in ("high, default", "2-8", "prefetch", "mail.bounce", "thread"):
         assert part in text, part
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://user:hunter2@host:6379/0", "redis://user:***@host:6379/0"),
+        (
+            "postgresql://u@h/db?sslmode=require&password=hunter2",
+            "postgresql://u@h/db?sslmode=require&password=***",
+        ),
+        ("sqlite:///var/lib/stem.db", "sqlite:///var/lib/stem.db"),
+        ("http://[::1", "<a URL that does not parse>"),
+    ],
+)
+def test_the_banner_never_shows_a_password(url: str, shown: str) -> None:
+    from stem.worker._where import mask
+
+    assert mask(url) == shown
+    assert "hunter2" not in mask(url)

@@ -8,14 +8,12 @@ import contextvars
 import logging
 import math
 import os
-import re
 import signal
 import socket
 import uuid
 from collections import deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 
@@ -39,6 +37,7 @@ from ._interrupt import ThreadPool
 from ._job import Job, Terminated, retry_message
 from ._process import ProcessPool
 from ._slots import DONE, InContext, run_inline
+from ._where import where
 
 if TYPE_CHECKING:
     from .._app import Stem
@@ -242,8 +241,8 @@ class Worker:
         tasks = sorted(app.tasks)
         lines = [
             f"worker {self.id} ready, consuming {', '.join(self.queues)}",
-            f"  broker:      {_where(app.url, self.broker)}",
-            f"  backend:     {_where(app.backend_url, app.backend)}",
+            f"  broker:      {where(app.url, self.broker)}",
+            f"  backend:     {where(app.backend_url, app.backend)}",
             f"  pool:        {pool}",
             f"  concurrency: {self._concurrency_text()}, prefetch {self.prefetch}",
             f"  tasks ({len(tasks)}): {', '.join(tasks) or 'none registered'}",
@@ -1192,36 +1191,6 @@ def _storable(status: TaskStatus) -> TaskStatus:
 def _escaped(text: str) -> str:
     """``text`` with what UTF-8 cannot carry (lone surrogates) written as escapes."""
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
-_SECRET_QUERY = re.compile(
-    r"((?<![^&])(?:password|passwd|pwd|secret|token|api_key)=)[^&]*", re.IGNORECASE
-)
-
-
-def _mask(url: str) -> str:
-    """``url`` with its password (and any password-like query value) replaced by ``***``."""
-    try:
-        parts = urlsplit(url)
-        password = parts.password
-    except ValueError:
-        return "<a URL that does not parse>"
-    netloc, query = parts.netloc, _SECRET_QUERY.sub(r"\1***", parts.query)
-    if password is not None:
-        userinfo, _, host = netloc.rpartition("@")
-        netloc = f"{userinfo.partition(':')[0]}:***@{host}"
-    if (netloc, query) == (parts.netloc, parts.query):
-        return url  # as given: urlunsplit would turn sqlite:///x into sqlite:/x
-    return urlunsplit(parts._replace(netloc=netloc, query=query))
-
-
-def _where(url: str | None, store: object) -> str:
-    """Where a store reads and writes, for the banner: its URL, and its file if it has one."""
-    where = _mask(url) if url is not None else type(store).__name__
-    path = getattr(store, "path", None)
-    if isinstance(path, str):
-        where += f" (file {path})"
-    return where
 
 
 def _describe(job: Job) -> str:
