@@ -6,13 +6,14 @@ import asyncio
 import os
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import pytest
 
 from stem import FakeClock
+from stem_sqlite import SqliteBroker
 from stem_sqlite._connection import Database
 
 
@@ -24,6 +25,13 @@ def clock() -> FakeClock:
 @pytest.fixture
 def db_path(tmp_path: Path) -> Path:
     return tmp_path / "stem.db"
+
+
+@pytest.fixture
+async def broker(db_path: Path, clock: FakeClock) -> AsyncIterator[SqliteBroker]:
+    subject = SqliteBroker(db_path, clock=clock)
+    yield subject
+    await subject.aclose()
 
 
 @pytest.fixture

@@ -27,13 +27,6 @@ def msg(mid: str, queue: str = "q", **kw: object) -> Message:
 
 
 @pytest.fixture
-async def broker(db_path: Path, clock: FakeClock) -> AsyncIterator[SqliteBroker]:
-    subject = SqliteBroker(db_path, clock=clock)
-    yield subject
-    await subject.aclose()
-
-
-@pytest.fixture
 async def other(db_path: Path, clock: FakeClock) -> AsyncIterator[SqliteBroker]:
     """A second broker on the same file with a connection of its own, as another process has."""
     subject = SqliteBroker(db_path, clock=clock, share_connection=False)

@@ -22,13 +22,6 @@ pytestmark = pytest.mark.sqlite
 
 
 @pytest.fixture
-async def broker(db_path: Path, clock: FakeClock) -> AsyncIterator[SqliteBroker]:
-    subject = SqliteBroker(db_path, clock=clock)
-    yield subject
-    await subject.aclose()
-
-
-@pytest.fixture
 async def app(db_path: Path) -> AsyncIterator[Stem]:
     """An app on a real file and the real clock, as a deployment runs it."""
     stem = Stem(SqliteBroker(db_path, poll_interval=0.05), SqliteResultBackend(db_path))

@@ -44,6 +44,7 @@ __all__ = [
     "execute",
     "failed",
     "prepare",
+    "safe_text",
     "succeeded",
     "task_error",
 ]
@@ -143,8 +144,8 @@ def task_error(exc: BaseException) -> TaskError:
         traceback = f"{_qualified(kind)}: {message}\n(no traceback: formatting it failed with {type(failure).__name__})\n"
     return TaskError(
         type=_qualified(kind).removeprefix("builtins."),
-        message=_storable(message),
-        traceback=_storable(traceback),
+        message=safe_text(message),
+        traceback=safe_text(traceback),
     )
 
 
@@ -166,7 +167,7 @@ def _describe(exc: BaseException) -> str:
         return f"<{name}: str() and repr() failed>"
 
 
-def _storable(text: str) -> str:
+def safe_text(text: str) -> str:
     """The text, with what UTF-8 cannot encode (lone surrogates) escaped."""
     try:
         text.encode()

@@ -19,7 +19,7 @@ import msgspec
 
 from .._codec import enc_hook
 from .._errors import ConfigurationError, SerializationError, StemError, StoreLostError
-from .._execute import Outcome, OutcomeKind, task_error
+from .._execute import Outcome, OutcomeKind, safe_text, task_error
 from .._messages import (
     Delivery,
     Envelope,
@@ -1172,9 +1172,9 @@ def _storable(status: TaskStatus) -> TaskStatus:
         safe = msgspec.structs.replace(
             status,
             error=TaskError(
-                type=_escaped(error.type),
-                message=_escaped(error.message),
-                traceback=None if error.traceback is None else _escaped(error.traceback),
+                type=safe_text(error.type),
+                message=safe_text(error.message),
+                traceback=None if error.traceback is None else safe_text(error.traceback),
             ),
         )
         try:
@@ -1186,11 +1186,6 @@ def _storable(status: TaskStatus) -> TaskStatus:
         f"the {status.state} status of {status.task}[{status.id}] cannot be stored "
         f"({type(problem).__name__}: {problem})"
     ) from problem
-
-
-def _escaped(text: str) -> str:
-    """``text`` with what UTF-8 cannot carry (lone surrogates) written as escapes."""
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _describe(job: Job) -> str:
