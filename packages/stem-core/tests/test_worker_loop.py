@@ -183,8 +183,8 @@ async def test_a_failing_batch_write_is_split_to_find_the_bad_entry(app: Stem) -
     loop = asyncio.get_running_loop()
     ids = [f"t{n}" for n in range(7)] + ["bad"]
     futures = {i: loop.create_future() for i in ids}
-    worker._settling = [(_status(i), None, futures[i]) for i in ids]
-    await worker._flush()
+    worker._settlement.pending = [(_status(i), None, futures[i]) for i in ids]
+    await worker._settlement.flush()
     assert isinstance(futures["bad"].exception(), AdapterError)
     assert all(futures[i].result() is None for i in ids if i != "bad")
     stored = await app.backend.get_statuses(ids)
@@ -204,8 +204,8 @@ async def test_a_batch_that_fails_everywhere_is_not_split_to_pieces(app: Stem) -
     worker = Worker(app)
     loop = asyncio.get_running_loop()
     futures = [loop.create_future() for _ in range(16)]
-    worker._settling = [(_status(f"t{n}"), None, f) for n, f in enumerate(futures)]
-    await worker._flush()
+    worker._settlement.pending = [(_status(f"t{n}"), None, f) for n, f in enumerate(futures)]
+    await worker._settlement.flush()
     assert all(isinstance(f.exception(), AdapterError) for f in futures)
     assert writes == 3  # the batch, then both halves: the failure is not one entry's
 

@@ -76,6 +76,12 @@ class Job(_Runtime):
             self._ctx = TaskContext(self.worker.app, self.envelope, self)
         return self._ctx
 
+    def describe(self) -> str:
+        """The job in a log line: its task and id, or its message's id if it did not decode."""
+        if self.envelope is None:
+            return f"message {self.delivery.message.id}"
+        return f"{self.envelope.task}[{self.envelope.id}]"
+
     def close(self) -> None:
         """The job is over: drop its context, which refers back to it (a cycle that
         only the cycle collector would free otherwise)."""
@@ -95,13 +101,13 @@ class Job(_Runtime):
                 message=f"delivered {delivery.deliveries} times without finishing: the worker running "
                 "it crashed, was killed (out of memory?) or the task hit a hard time limit each time",
             )
-            await worker.quarantine(self, error)  # poison, unless its task already ended
+            await worker._outcomes.quarantine(self, error)  # poison, unless its task already ended
             return
         try:
             envelope = self.envelope = decode_envelope(delivery.message.body)
         except DecodeError as exc:
             # Whatever is wrong with it, it will be as wrong on every delivery.
-            await worker.dead_letter(
+            await worker._outcomes.dead_letter(
                 self, "malformed", TaskError(type="DecodeError", message=str(exc))
             )
             return
@@ -109,10 +115,10 @@ class Job(_Runtime):
         if "on_consume" in hooks.listened:
             await hooks.emit("on_consume", envelope=envelope, delivery=delivery)
         if envelope.id in worker.revoked:
-            await worker.finish_revoked(self, "revoked before it started")
+            await worker._outcomes.finish_revoked(self, "revoked before it started")
             return
         if envelope.expires is not None and app.clock.now() >= envelope.expires:
-            await worker.finish_revoked(self, "expired before it started")
+            await worker._outcomes.finish_revoked(self, "expired before it started")
             return
         task = app.tasks.get(envelope.task)
         if task is None:
@@ -121,24 +127,24 @@ class Job(_Runtime):
                 message=f"no task named {envelope.task!r} is registered with the worker's app; "
                 "import the module that defines it in the worker, then replay this dead letter",
             )
-            await worker.dead_letter(self, "unknown-task", error)
+            await worker._outcomes.dead_letter(self, "unknown-task", error)
             return
         options = task.options_
         if options.visibility_timeout != self.lease:
             self.lease = options.visibility_timeout
-            await worker.renew(self)
+            await worker._leases.renew(self)
         if options.rate_limit is not None and not envelope.meta.get("stem.rate_booked"):
             # It waits in its slot (the slot is the worker's hard cap on handlers).
             delay = await worker.rate_limiter.reserve(task.name, options.rate_limit)
             if delay > worker.rate_limit_hold:
-                await worker.reschedule(self, envelope, delay, {"stem.rate_booked": True})
+                await worker._outcomes.reschedule(self, envelope, delay, {"stem.rate_booked": True})
                 return
             if delay > 0:
                 await app.clock.sleep(delay)
         self.running = True
         self.started_at = app.clock.monotonic()
         if worker.track_started:
-            worker.note_started(self)
+            worker._settlement.note_started(self)
         if "before_execute" in hooks.listened:
             await hooks.emit("before_execute", ctx=self.context())
         try:
@@ -174,7 +180,7 @@ class Job(_Runtime):
         except Interrupted as exc:  # Terminated, or ChildLost
             self.interrupt = None
             if self.revoked:
-                await worker.finish_revoked(self, "terminated while running")
+                await worker._outcomes.finish_revoked(self, "terminated while running")
             else:
                 # No result: give it back; the poison check counts such deliveries.
                 log.warning(
@@ -187,11 +193,11 @@ class Job(_Runtime):
             return
         self.interrupt = None
         if self.revoked:
-            await worker.finish_revoked(self, "terminated while running")
+            await worker._outcomes.finish_revoked(self, "terminated while running")
             return
         if "after_execute" in hooks.listened:
             await hooks.emit("after_execute", ctx=self.context(), outcome=outcome)
-        await worker.settle(self, task, envelope, outcome)
+        await worker._outcomes.settle(self, task, envelope, outcome)
 
     # -- pools -------------------------------------------------------------------------
 
@@ -354,12 +360,12 @@ class Job(_Runtime):
 
     async def progress(self, fraction: float, data: Any) -> None:
         assert self.envelope is not None
-        await self.worker.store_progress(self.envelope, fraction, data)
+        await self.worker._settlement.store_progress(self.envelope, fraction, data)
 
     async def extend_lease(self, seconds: float | None) -> bool:
         if seconds is not None:
             self.lease = max(self.lease, seconds)
-        return await self.worker.renew(self)
+        return await self.worker._leases.renew(self)
 
 
 class _Carried(Exception):
