@@ -29,7 +29,9 @@ async def test_replay_restarts_status_retry_budget_and_deliveries(
         ref = await flaky.enqueue(7)
 
         async def failed() -> bool:
-            return await state(ref) is TaskState.FAILED
+            # The failed status is stored before the message moves to the dead letters
+            # (as a result is stored before its ack): wait for both.
+            return await state(ref) is TaskState.FAILED and bool(await app.dead_letters.list())
 
         await drive(failed)
         assert len(attempts) == 3

@@ -9,9 +9,9 @@ they are always the ones Stem runs.
 
 The work per task, as Stem does it:
 
-- enqueue: a ``queued`` status (Stem's ``store_statuses``) and the message row, and
-  the queue's signal counter bumped, in one ``BEGIN IMMEDIATE`` transaction per call
-  (one task, or a batch of 100);
+- enqueue: Stem's own enqueue transaction (``_broker._enqueue``: the message row
+  carrying its ``queued`` status), one
+  ``BEGIN IMMEDIATE`` transaction per call (one task, or a batch of 100);
 - drain, per batch of 100: one transaction leasing the batch with the ``UPDATE ...
   RETURNING`` of a reserve; the body decoded (a worker must read it to know what to run)
   and a result status encoded; one transaction storing the statuses and deleting the
@@ -37,7 +37,7 @@ from stem._ids import new_task_id
 from stem_sqlite._backend import store_statuses
 
 # Stem's own statements, imported rather than copied, so the floor cannot drift from them.
-from stem_sqlite._broker import _BUMP, _INSERT, _LEASE
+from stem_sqlite._broker import _LEASE, _enqueue
 
 __all__ = ["FloorRun", "run_floor"]
 
@@ -90,34 +90,23 @@ def _template_body(conn: sqlite3.Connection) -> bytes:
     """The body Stem wrote for ``noop(0)``: the floor publishes bodies of the same size."""
     (body,) = conn.execute("SELECT body FROM stem_messages LIMIT 1").fetchone()
     conn.execute("BEGIN IMMEDIATE")
-    for table in ("stem_messages", "stem_task_statuses", "stem_queue_signals"):
+    for table in ("stem_messages", "stem_task_statuses"):
         conn.execute(f"DELETE FROM {table}")  # table names are literals above
     conn.execute("COMMIT")
     return bytes(body)
 
 
-def _enqueue(conn: sqlite3.Connection, body: bytes, count: int) -> None:
-    """Stem's enqueue of ``count`` tasks in one transaction (see _broker._enqueue)."""
+def _enqueue_batch(conn: sqlite3.Connection, body: bytes, count: int) -> None:
+    """Stem's enqueue of ``count`` tasks in one transaction."""
     now = time.time()
-    ids = [new_task_id() for _ in range(count)]
-    statuses = [
-        (
-            tid,
-            "queued",
-            _TASK,
-            now,
-            None,
-            _encode(
-                {"id": tid, "state": "queued", "task": _TASK, "queue": _QUEUE, "updated_at": now}
-            ).decode(),
-        )
-        for tid in ids
-    ]
+    rows = []
+    for _ in range(count):
+        tid = new_task_id()
+        status = {"id": tid, "state": "queued", "task": _TASK, "queue": _QUEUE, "updated_at": now}
+        rows.append((_QUEUE, tid, body, 0, None, now, 0, _encode(status).decode()))
     conn.execute("BEGIN IMMEDIATE")
     try:
-        store_statuses(conn, statuses, now, False, new=True)
-        conn.executemany(_INSERT, [(_QUEUE, tid, body, 0, None, now, 0) for tid in ids])
-        conn.executemany(_BUMP, [(_QUEUE,)])
+        _enqueue(conn, rows, [], [], now, False)
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
@@ -128,7 +117,7 @@ def _fill(conn: sqlite3.Connection, body: bytes, n: int, batch: int) -> float:
     """Enqueue ``n`` tasks, ``batch`` per transaction; returns tasks per second."""
     started = time.perf_counter()
     for start in range(0, n, batch):
-        _enqueue(conn, body, min(batch, n - start))
+        _enqueue_batch(conn, body, min(batch, n - start))
     return n / (time.perf_counter() - started)
 
 

@@ -103,7 +103,7 @@ def test_worker_with_an_app_that_does_not_load_exits_2_with_one_line(
     assert line.startswith(f"Error: --app {spec}")
 
 
-@pytest.mark.parametrize("flag", [["--verbose"], ["-v"], ["-l", "debug"]])
+@pytest.mark.parametrize("flag", [["--verbose"], ["-v"], ["-l", "debug"], ["--loglevel", "DEBUG"]])
 def test_the_traceback_of_a_loading_error_is_shown_when_asked_for(
     project: Path, flag: list[str]
 ) -> None:
@@ -169,10 +169,10 @@ def test_demo_on_memory() -> None:
 
 
 def test_demo_on_a_url_no_adapter_serves_exits_2_with_one_line() -> None:
-    result = CliRunner().invoke(cli, ["demo", "--url", "redis://localhost:6379/0"])
+    result = CliRunner().invoke(cli, ["demo", "--url", "postgresql://localhost/stem"])
     assert result.exit_code == 2
     (line,) = result.output.strip().splitlines()
-    assert "Redis support is not released yet" in line
+    assert "PostgreSQL support is not released yet" in line
 
 
 def test_demo_help_matches_its_default() -> None:

@@ -34,44 +34,6 @@ async def other(db_path: Path, clock: FakeClock) -> AsyncIterator[SqliteResultBa
     await subject.aclose()
 
 
-SET_STATUS = """
-import asyncio, sys
-from stem import TaskState, TaskStatus
-from stem_sqlite import SqliteResultBackend
-
-async def main():
-    backend = SqliteResultBackend(sys.argv[1])
-    try:
-        await backend.set_status(TaskStatus(id=sys.argv[2], state=TaskState.SUCCEEDED, value=42))
-    finally:
-        await backend.aclose()
-
-asyncio.run(main())
-"""
-
-
-async def test_watch_sees_a_status_stored_by_another_process(
-    backend: SqliteResultBackend, db_path: Path, run_python: Run
-) -> None:
-    # Given a watcher on a FakeClock (which never times out by itself)
-    await backend.set_status(TaskStatus(id="t1", state=TaskState.STARTED))
-    seen: list[TaskState] = []
-
-    async def watch() -> None:
-        async for status in backend.watch("t1"):
-            seen.append(status.state)
-
-    watcher = asyncio.create_task(watch())
-    await asyncio.sleep(0.05)
-    assert seen == [TaskState.STARTED]
-    # When another process stores the final status
-    result = await asyncio.to_thread(run_python, SET_STATUS, str(db_path), "t1")
-    assert result.returncode == 0, result.stderr
-    # Then the watch yields it and ends
-    await asyncio.wait_for(watcher, 30)
-    assert seen == [TaskState.STARTED, TaskState.SUCCEEDED]
-
-
 async def test_a_change_between_a_read_and_the_wait_is_not_missed(
     backend: SqliteResultBackend, db_path: Path
 ) -> None:

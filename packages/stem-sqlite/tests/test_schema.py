@@ -23,7 +23,6 @@ TABLES = {
     "stem_schema",
     "stem_messages",
     "stem_dead_letters",
-    "stem_queue_signals",
     "stem_task_statuses",
     "stem_groups",
     "stem_group_results",
@@ -337,4 +336,4 @@ async def test_version_2_files_get_the_lean_status_indexes(db_path: Path) -> Non
         "stem_task_statuses_task": ["task", "state", "updated_at"],
         "stem_task_statuses_expires": ["expires_at"],
     }
-    assert schema_version(db_path) == SCHEMA_VERSION == 3
+    assert schema_version(db_path) == SCHEMA_VERSION

@@ -100,7 +100,7 @@ def _pool(ctx: click.Context, param: click.Parameter, value: str | None) -> str 
     "--loglevel",
     default="info",
     show_default=True,
-    type=click.Choice(["debug", "info", "warning", "error"]),
+    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
 )
 @click.option(
     "-v", "--verbose", is_flag=True, help="Print tracebacks of errors (also with -l debug)."

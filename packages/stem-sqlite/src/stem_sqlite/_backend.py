@@ -132,8 +132,11 @@ class SqliteResultBackend(FileStore, ResultBackend):
         rows = await db.run(
             fetchall,
             "SELECT id, data, expires_at FROM stem_task_statuses"
-            " WHERE id IN (SELECT value FROM json_each(?))"
-            " AND (expires_at IS NULL OR expires_at > ?)",
+            " WHERE id IN (SELECT value FROM json_each(?1))"
+            " AND (expires_at IS NULL OR expires_at > ?2)"
+            " UNION ALL SELECT id, status, NULL FROM stem_messages AS m"
+            " WHERE id IN (SELECT value FROM json_each(?1)) AND status IS NOT NULL"
+            " AND NOT EXISTS (SELECT 1 FROM stem_task_statuses AS s WHERE s.id = m.id)",
             (to_json(list(task_ids)), self.clock.now()),
         )
         found = {tid: self._status(data, expires_at) for tid, data, expires_at in rows}
@@ -174,12 +177,15 @@ class SqliteResultBackend(FileStore, ResultBackend):
             # several tasks, or a direct call): a change made just before may be missed,
             # so wait no longer than the base class's poll interval before reading again.
             deadline = min(deadline, self.clock.monotonic() + self.poll_interval)
+
+        async def changed() -> bool:
+            return await probe() != current
+
         await wait_for_change(
             clock=self.clock,
             deadline=deadline,
             notifier=notifier,
-            probe=probe,
-            baseline=current,
+            changed=changed,
             pacer=Pacer(self._client.options.wake_interval),  # soon: a result is awaited
         )
 
@@ -264,55 +270,49 @@ class SqliteResultBackend(FileStore, ResultBackend):
 # -- transactions (run on the connection's thread) --------------------------------------
 
 
-# Parameters by number: ?1..?6 are a status row's columns (see status_rows), ?7 is now
-# (where used).
-_INSERT_STATUS = (
+# Upserted: a worker's first status of a task inserts its row (the `queued` status of
+# an enqueue rides in the message row, see migration 0004), later ones update it. In a
+# batch, of two statuses of one task, the later stays. A row stored again over an
+# expired one keeps its seq: it only breaks ties of updated_at in listings.
+_STORE_STATUS = (
     "INSERT INTO stem_task_statuses (id, state, task, updated_at, expires_at, data, version)"
-    " VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1)"
+    " VALUES (?, ?, ?, ?, ?, ?, 1) ON CONFLICT (id) DO UPDATE SET state = excluded.state,"
+    " task = excluded.task, updated_at = excluded.updated_at,"
+    " expires_at = excluded.expires_at, data = excluded.data, version = version + 1"
 )
 
 
 def store_statuses(
-    conn: sqlite3.Connection,
-    rows: list[tuple[Any, ...]],
-    now: float,
-    sweep: bool,
-    *,
-    new: bool = False,
+    conn: sqlite3.Connection, rows: list[tuple[Any, ...]], now: float, sweep: bool
 ) -> int:
-    """Store status rows, the later of two for one task winning; returns how many expired
-    statuses a ``sweep`` deleted.
-
-    One statement per row in the usual case, chosen by what is likely: ``new`` statuses
-    (an enqueue's) are inserted, others (a worker's) update the task's row. Where that
-    finds a row it did not expect (an enqueue under a task id used before, a status with
-    no row yet), every row is stored the long way: an expired status is deleted first
-    (storing the id again starts afresh, and lists as new), then the row is upserted.
-    """
-    params = [(*row, now) for row in rows]
-    if new:
-        fast = conn.executemany(_INSERT_STATUS + " ON CONFLICT (id) DO NOTHING", rows)
-    else:
-        fast = conn.executemany(
-            "UPDATE stem_task_statuses SET state = ?2, task = ?3, updated_at = ?4,"
-            " expires_at = ?5, data = ?6, version = version + 1"
-            " WHERE id = ?1 AND (expires_at IS NULL OR expires_at > ?7)",
-            params,
-        )
-    if fast.rowcount != len(params):
-        # Rows written in the order given: of two statuses of one task, the later stays.
-        conn.executemany(
-            "DELETE FROM stem_task_statuses WHERE id = ?1 AND expires_at <= ?7", params
-        )
-        conn.executemany(
-            _INSERT_STATUS + " ON CONFLICT (id) DO UPDATE SET state = excluded.state,"
-            " task = excluded.task, updated_at = excluded.updated_at,"
-            " expires_at = excluded.expires_at, data = excluded.data, version = version + 1",
-            rows,
-        )
+    """Store status rows (see status_rows); returns how many expired statuses a ``sweep``
+    deleted."""
+    conn.executemany(_STORE_STATUS, rows)
     if sweep:
         return sweep_expired(conn, "stem_task_statuses", "rowid", now)
     return 0
+
+
+# A status rides in its message row until the task's own row exists, which wins even
+# when expired (it is newer: an enqueue deletes the row of a reused id).
+_QUEUED_STATUS = (
+    "SELECT status FROM stem_messages AS m WHERE id = ?1 AND status IS NOT NULL"
+    " AND NOT EXISTS (SELECT 1 FROM stem_task_statuses WHERE id = ?1)"
+    " ORDER BY seq DESC LIMIT 1"
+)
+
+
+def task_exists(conn: sqlite3.Connection, task_id: str, now: float) -> bool:
+    """Whether ``task_id`` has a live status, stored or riding in its message."""
+    return (
+        conn.execute(
+            "SELECT 1 FROM stem_task_statuses"
+            " WHERE id = ? AND (expires_at IS NULL OR expires_at > ?)",
+            (task_id, now),
+        ).fetchone()
+        is not None
+        or conn.execute(_QUEUED_STATUS, (task_id,)).fetchone() is not None
+    )
 
 
 def _listing(state: str | None, task: str | None) -> tuple[str, dict[str, Any]]:
@@ -322,25 +322,30 @@ def _listing(state: str | None, task: str | None) -> tuple[str, dict[str, Any]]:
     is ``(task, state, updated_at)``: a state (and a task) is one index range read newest
     first up to the limit; without a state, the newest ``limit`` of each state's range
     are merged. There is no index on ``updated_at`` alone: every status write would
-    pay for it, for a listing the ranges serve as well.
+    pay for it, for a listing the ranges serve as well. `queued` statuses riding in
+    their messages are read newest first in publish order (seq), where they are sorted.
     """
     alive = "(expires_at IS NULL OR expires_at > :now)"
     where = "state = :state" + (" AND task = :task" if task is not None else "")
-    if state is not None:
-        sql = (
-            f"SELECT data, expires_at FROM stem_task_statuses WHERE {where} AND {alive}"
-            " ORDER BY updated_at DESC, seq LIMIT :limit"
-        )
-        return sql, {"state": state, "task": task}
-    arms = []
     params: dict[str, Any] = {"task": task}
+    arms = []
     for index, each in enumerate(TaskState):
+        if state is not None and str(each) != state:
+            continue
         name = f"s{index}"
         params[name] = str(each)
         arms.append(
             "SELECT * FROM (SELECT data, expires_at, updated_at, seq FROM stem_task_statuses"
             f" WHERE {where.replace(':state', ':' + name)} AND {alive}"
             " ORDER BY updated_at DESC, seq LIMIT :limit)"
+        )
+    if state in (None, str(TaskState.QUEUED)):
+        of_task = " AND json_extract(status, '$.task') = :task" if task is not None else ""
+        arms.append(
+            "SELECT * FROM (SELECT status, NULL, json_extract(status, '$.updated_at'), seq"
+            f" FROM stem_messages AS m WHERE status IS NOT NULL{of_task}"
+            " AND NOT EXISTS (SELECT 1 FROM stem_task_statuses AS s WHERE s.id = m.id)"
+            " ORDER BY seq DESC LIMIT :limit)"
         )
     sql = (
         "SELECT data, expires_at FROM (" + " UNION ALL ".join(arms) + ")"
@@ -351,13 +356,17 @@ def _listing(state: str | None, task: str | None) -> tuple[str, dict[str, Any]]:
 
 def _read_status(
     conn: sqlite3.Connection, task_id: str, now: float
-) -> tuple[str, float | None, int] | None:
+) -> tuple[str, float | None, int | None] | None:
     row = conn.execute(
         "SELECT data, expires_at, version FROM stem_task_statuses"
         " WHERE id = ? AND (expires_at IS NULL OR expires_at > ?)",
         (task_id, now),
     ).fetchone()
-    return None if row is None else (row[0], row[1], row[2])
+    if row is not None:
+        return row[0], row[1], row[2]
+    queued = conn.execute(_QUEUED_STATUS, (task_id,)).fetchone()
+    # No version: a watcher's probe reads None until the task's own row appears.
+    return None if queued is None else (queued[0], None, None)
 
 
 def _status_version(conn: sqlite3.Connection, task_id: str, now: float) -> int | None:
@@ -376,6 +385,16 @@ def _expire_status(conn: sqlite3.Connection, task_id: str, expires_at: float, no
         "UPDATE stem_task_statuses SET expires_at = ?"
         " WHERE id = ? AND (expires_at IS NULL OR expires_at > ?)",
         (expires_at, task_id, now),
+    )
+    if cursor.rowcount == 1:
+        return True
+    # A status riding in its message gets a row of its own, which carries the expiry.
+    cursor = conn.execute(
+        "INSERT INTO stem_task_statuses (id, state, task, updated_at, expires_at, data, version)"
+        " SELECT ?1, json_extract(status, '$.state'), coalesce(json_extract(status, '$.task'), ''),"
+        " coalesce(json_extract(status, '$.updated_at'), 0), ?2, status, 1"
+        " FROM (" + _QUEUED_STATUS + ")",
+        (task_id, expires_at),
     )
     return cursor.rowcount == 1
 

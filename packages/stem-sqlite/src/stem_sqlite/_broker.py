@@ -18,12 +18,13 @@ from stem.contracts import (
     Message,
     QueueStats,
     ResultBackend,
+    TaskState,
     TaskStatus,
     UniqueClaim,
 )
 
-from ._backend import SqliteResultBackend, store_statuses
-from ._connection import Client, FileStore
+from ._backend import SqliteResultBackend, store_statuses, task_exists
+from ._connection import Client, Database, FileStore
 from ._stores import ACQUIRE_LOCK, SqliteLockStore
 from ._support import sweep_expired, to_json
 from ._url import (
@@ -48,16 +49,8 @@ _READY, _DELAYED, _LEASED = 0, 1, 2
 SMALL_BATCH = 8
 
 _INSERT = (
-    "INSERT INTO stem_messages (queue, id, body, priority, eta, due, state)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?)"
-)
-_BUMP = (
-    "INSERT INTO stem_queue_signals (queue, version) VALUES (?, 1)"
-    " ON CONFLICT (queue) DO UPDATE SET version = version + 1"
-)
-_SIGNAL = (
-    "SELECT coalesce(sum(version), 0) FROM stem_queue_signals"
-    " WHERE queue IN (SELECT value FROM json_each(?))"
+    "INSERT INTO stem_messages (queue, id, body, priority, eta, due, state, status)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _PROMOTE_DELAYED = "UPDATE stem_messages SET state = 0 WHERE queue = ? AND state = 1 AND due <= ?"
 _PROMOTE_EXPIRED = (
@@ -146,32 +139,36 @@ class SqliteBroker(FileStore, Broker):
             ),
             share=share_connection,
         )
-        # Per set of queues, the version of their signal counters the last time a reserve
+        # Per set of queues, the mark (see _mark) taken before the last reserve that
         # drained them (found fewer messages than it asked for); see wait_for_messages.
-        self._drained: dict[tuple[str, ...], int] = {}
+        self._drained: dict[tuple[str, ...], tuple[int, int]] = {}
+        # Sets of queues whose wait just ended: their next reserve finds the consumer idle.
+        self._woken: dict[tuple[str, ...], bool] = {}
         # Per set of queues, how soon a waiting consumer checks again for other processes'
         # publishes: soon after its last work, less often the longer it stays idle.
         self._pacers: dict[tuple[str, ...], Pacer] = {}
 
     # -- publishing -------------------------------------------------------------------
 
-    def _rows(self, messages: Sequence[Message], now: float) -> list[tuple[Any, ...]]:
+    def _rows(
+        self, messages: Sequence[Message], now: float, statuses: Sequence[str | None] = ()
+    ) -> list[tuple[Any, ...]]:
+        """Message rows; ``statuses``, if given, the `queued` status each row carries."""
         rows = []
-        for m in messages:
+        for index, m in enumerate(messages):
             due = m.eta if m.eta is not None else now
-            rows.append(
-                (m.queue, m.id, m.body, m.priority, m.eta, due, _DELAYED if due > now else _READY)
-            )
+            state = _DELAYED if due > now else _READY
+            status = statuses[index] if statuses else None
+            rows.append((m.queue, m.id, m.body, m.priority, m.eta, due, state, status))
         return rows
 
     async def publish_many(self, messages: Sequence[Message]) -> None:
         if not messages:
             return
-        queues = [(q,) for q in dict.fromkeys(m.queue for m in messages)]
         db = await self._db()
         write = db.write_small if len(messages) <= SMALL_BATCH else db.write
-        await write(_publish, self._rows(messages, self.clock.now()), queues)
-        db.signals.queues_changed()
+        await write(_publish, self._rows(messages, self.clock.now()))
+        db.signals.queues_changed(_queues_of(messages))
 
     async def enqueue(
         self,
@@ -191,27 +188,31 @@ class SqliteBroker(FileStore, Broker):
             return await super().enqueue(messages, statuses, backend, claims=claims, locks=locks)
         assert isinstance(backend, SqliteResultBackend)
         status_rows, now = backend.status_rows(statuses) if statuses else ([], self.clock.now())
+        # Each message's own `queued` status rides in its row (see migration 0004):
+        # one row written instead of two, when the statuses are exactly that.
+        inline = len(status_rows) == len(messages) and all(
+            row[0] == m.id and row[1] == TaskState.QUEUED and row[4] is None
+            for row, m in zip(status_rows, messages, strict=True)
+        )
         wanted = [
             (index, claim.key, messages[index].id, now + claim.ttl)
             for index, claim in enumerate(claims)
             if claim is not None
         ]
-        queues = [(q,) for q in dict.fromkeys(m.queue for m in messages)]
         # Unique-task claims pile up in stem_locks: sweep the expired ones now and then.
         sweeper = locks._sweeper if wanted and isinstance(locks, SqliteLockStore) else None
         write = db.write_small if len(messages) <= SMALL_BATCH else db.write
         existing, swept = await write(
             _enqueue,
-            self._rows(messages, now),
-            queues,
-            status_rows,
+            self._rows(messages, now, [row[5] for row in status_rows] if inline else ()),
+            [] if inline else status_rows,
             wanted,
             now,
             sweeper is not None and sweeper.due(),
         )
         if sweeper is not None:
             sweeper.swept(swept)
-        db.signals.queues_changed()
+        db.signals.queues_changed(_queues_of(messages))
         if status_rows:
             db.signals.statuses_changed([row[0] for row in status_rows])
         return existing
@@ -224,14 +225,16 @@ class SqliteBroker(FileStore, Broker):
         now = self.clock.now()
         until = now + lease
         db = await self._db()
-        # Always on the database thread, even when small: a worker's loop runs its
-        # tasks meanwhile (measured: small reserves and settles on the loop drained slower).
-        rows, signal = await db.write(
-            _reserve, list(queues), limit, now, until, secrets.token_hex(6)
-        )
+        mark = await self._mark(db, tuple(queues))
         key = tuple(queues)
-        if signal is not None:
-            self._drained[key] = max(signal, self._drained.get(key, signal))
+        # On the database thread, even when small: a worker's loop runs its tasks
+        # meanwhile (measured: reserves on the loop drained slower). But the first read
+        # after a wait for these queues finds the worker idle: on the loop if it cannot
+        # block, a thread hop sooner for the task that woke it.
+        write = db.write_small if self._woken.pop(key, False) else db.write
+        rows = await write(_reserve, list(queues), limit, now, until, secrets.token_hex(6))
+        if len(rows) < limit:
+            self._drained[key] = mark
         if rows:
             self._pacer(key).active()
         return [
@@ -247,9 +250,11 @@ class SqliteBroker(FileStore, Broker):
     async def wait_for_messages(self, queues: Sequence[str], timeout: float) -> None:
         """Return soon after a message is published to ``queues``, or at ``timeout``.
 
-        Publishes in this process wake the waiter at once; those of other processes are
-        seen by reading a per-queue version counter, within a millisecond or two after
-        recent work and within ``wake_interval`` once idle.
+        Publishes in this process wake the waiter at once, and those of other processes
+        through the file's wake-up sockets (see ``_bus``); failing those, they are seen by
+        reading the file's data version, within a millisecond or two after recent work
+        and within ``wake_interval`` once idle. Any other process's commit changes that
+        version, so a waiter may return with nothing published: the caller reads again.
         """
         deadline = self.clock.monotonic() + timeout
         if timeout <= 0:
@@ -257,27 +262,50 @@ class SqliteBroker(FileStore, Broker):
             return
         key = tuple(queues)
         db = await self._db()
-        current = await db.peek(_signal, _json_list(key))
-        # Anything published since the queues were last drained is worth a read at once.
-        # The drain may have been another consumer's on this broker: what was published
-        # before it was taken by that read, so the newest drain is the right baseline.
-        # (A per-task baseline would be lost: workers wait in a task of its own.) Noted as
-        # seen, so a caller that waits again without reading does not return at once again.
-        if current != self._drained.get(key, current):
+        current = await self._mark(db, key)
+        # Anything that happened since the mark taken before the last drain is worth a
+        # read at once. The drain may have been another consumer's on this broker: what
+        # was published before it was taken by that read, so the newest drain is the
+        # right baseline. (A per-task baseline would be lost: workers wait in a task of
+        # its own.) Noted as seen, so a caller that waits again without reading does not
+        # return at once again.
+        drained = self._drained.get(key, current)
+        if current != drained:
             self._drained[key] = current
-            return
+            # A wake-up for these queues, or a commit by another connection (this
+            # process's own reserves and acks among them) that left a message ready.
+            if current[0] != drained[0] or await db.peek(_any_ready, list(key)):
+                self._woken[key] = True
+                return
+        seen = current[1]
 
-        async def probe() -> int:
-            return await db.peek(_signal, _json_list(key))
+        async def changed() -> bool:
+            nonlocal seen
+            if db.signals.queue_wakes(key) != current[0]:
+                return True
+            # Another connection committed something: worth a read only if it left a
+            # message ready in these queues (one probe of the ready index).
+            version = await db.peek(_data_version)
+            if version == seen:
+                return False
+            seen = version
+            return await db.peek(_any_ready, list(key))
 
         await wait_for_change(
             clock=self.clock,
             deadline=deadline,
             notifier=db.signals.queues(),
-            probe=probe,
-            baseline=current,
+            changed=changed,
             pacer=self._pacer(key),
         )
+        self._woken[key] = True
+
+    async def _mark(self, db: Database, key: tuple[str, ...]) -> tuple[int, int]:
+        """What a wait compares with: the wake-ups for these queues seen by this loop
+        (publishes of this process, datagrams of others), and the data version (every
+        commit of another connection)."""
+        db.signals.queues()  # listening from now on, so no datagram sent after this is lost
+        return db.signals.queue_wakes(key), await db.peek(_data_version)
 
     def _pacer(self, key: tuple[str, ...]) -> Pacer:
         pacer = self._pacers.get(key)
@@ -314,7 +342,10 @@ class SqliteBroker(FileStore, Broker):
             return
         rows, now = backend.status_rows(statuses)
         pairs = [(seq, d.receipt) for d in deliveries if (seq := _seq(d)) is not None]
-        swept = await db.write(_store_and_ack, rows, now, backend._sweep_statuses.due(), pairs)
+        # A small settle (a worker that is not busy: one result, a few) is committed on
+        # the loop when it cannot block, a thread hop sooner for whoever awaits it.
+        write = db.write_small if len(rows) + len(pairs) <= SMALL_BATCH else db.write
+        swept = await write(_store_and_ack, rows, now, backend._sweep_statuses.due(), pairs)
         backend._sweep_statuses.swept(swept)
         db.signals.statuses_changed([row[0] for row in rows])
 
@@ -331,7 +362,7 @@ class SqliteBroker(FileStore, Broker):
         due = now + delay if delay else None
         done = await db.write(_requeue, seq, delivery.receipt, due, now)
         if done:
-            db.signals.queues_changed()
+            db.signals.queues_changed([delivery.message.queue])
         return done
 
     async def extend_lease(self, delivery: Delivery, seconds: float) -> bool:
@@ -395,7 +426,7 @@ class SqliteBroker(FileStore, Broker):
         db = await self._db()
         count = await db.write(_replay, queue, ids, eta, now, dict(bodies or {}))
         if count:
-            db.signals.queues_changed()
+            db.signals.queues_changed([queue])
         return count
 
     async def purge_dead_letters(self, queue: str, message_ids: Sequence[str] | None = None) -> int:
@@ -427,21 +458,31 @@ def _fetchall(conn: sqlite3.Connection, sql: str, params: tuple[Any, ...]) -> li
     return conn.execute(sql, params).fetchall()
 
 
-def _signal(conn: sqlite3.Connection, queues: str) -> int:
-    return int(conn.execute(_SIGNAL, (queues,)).fetchone()[0])
+def _queues_of(messages: Sequence[Message]) -> list[str]:
+    return list(dict.fromkeys(m.queue for m in messages))
 
 
-def _publish(
-    conn: sqlite3.Connection, rows: list[tuple[Any, ...]], queues: list[tuple[str]]
-) -> None:
+def _data_version(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("PRAGMA data_version").fetchone()[0])
+
+
+def _any_ready(conn: sqlite3.Connection, queues: list[str]) -> bool:
+    return any(
+        conn.execute(
+            "SELECT 1 FROM stem_messages WHERE queue = ? AND state = 0 LIMIT 1", (q,)
+        ).fetchone()
+        is not None
+        for q in queues
+    )
+
+
+def _publish(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
     conn.executemany(_INSERT, rows)
-    conn.executemany(_BUMP, queues)
 
 
 def _enqueue(
     conn: sqlite3.Connection,
     rows: list[tuple[Any, ...]],
-    queues: list[tuple[str]],
     status_rows: list[tuple[Any, ...]],
     claims: list[tuple[int, str, str, float]],
     now: float,
@@ -457,14 +498,7 @@ def _enqueue(
             claimed.add(owner)
             continue
         (holder,) = conn.execute("SELECT owner FROM stem_locks WHERE key = ?", (key,)).fetchone()
-        alive = (
-            holder in claimed
-            or conn.execute(
-                "SELECT 1 FROM stem_task_statuses"
-                " WHERE id = ? AND (expires_at IS NULL OR expires_at > ?)",
-                (holder, now),
-            ).fetchone()
-        )
+        alive = holder in claimed or task_exists(conn, holder, now)
         if alive:
             existing[index] = holder
         else:
@@ -476,8 +510,13 @@ def _enqueue(
             )
     keep = [i for i, holder in enumerate(existing) if holder is None]
     published = {rows[i][1] for i in keep}
-    store_statuses(conn, [r for r in status_rows if r[0] in published], now, False, new=True)
-    _publish(conn, [rows[i] for i in keep], queues)
+    if status_rows:
+        store_statuses(conn, [r for r in status_rows if r[0] in published], now, False)
+    else:
+        # The statuses ride in the message rows: an older status of a reused task id
+        # would shadow them (a stored row wins), so it goes.
+        conn.executemany("DELETE FROM stem_task_statuses WHERE id = ?", [(i,) for i in published])
+    _publish(conn, [rows[i] for i in keep])
     return existing, sweep_expired(conn, "stem_locks", "key", now) if sweep_locks else 0
 
 
@@ -590,7 +629,7 @@ def _lenient_text(data: bytes) -> str:
 
 def _reserve(
     conn: sqlite3.Connection, queues: list[str], limit: int, now: float, until: float, nonce: str
-) -> tuple[list[tuple[Any, ...]], int | None]:
+) -> list[tuple[Any, ...]]:
     out: list[tuple[Any, ...]] = []
     # TEXT that is not UTF-8 (another program's) would make fetching the batch raise on
     # every poll: read it with escapes, and row_problems names it.
@@ -621,12 +660,10 @@ def _reserve(
                 if len(rows) < wanted or len(good) == len(rows):
                     break  # drained, or nothing was set aside: no more to ask for
             if len(out) >= limit:
-                return out, None
+                break
     finally:
         conn.text_factory = text_factory
-    # The queues look drained: note their version in this same transaction, so a
-    # wait that follows notices anything published after this read.
-    return out, _signal(conn, _json_list(queues))
+    return out
 
 
 def _next_due(conn: sqlite3.Connection, queues: list[str]) -> float | None:
@@ -667,13 +704,10 @@ def _requeue(
     row = conn.execute(
         "UPDATE stem_messages SET receipt = NULL, lease_until = NULL, due = coalesce(:due, due),"
         " state = CASE WHEN coalesce(:due, due) > :now THEN 1 ELSE 0 END"
-        " WHERE seq = :seq AND receipt = :receipt RETURNING queue",
+        " WHERE seq = :seq AND receipt = :receipt",
         {"due": due, "now": now, "seq": seq, "receipt": receipt},
-    ).fetchone()
-    if row is None:
-        return False
-    conn.execute(_BUMP, (row[0],))
-    return True
+    )
+    return row.rowcount == 1
 
 
 def _extend(conn: sqlite3.Connection, seq: int, receipt: str, until: float) -> bool:
@@ -730,12 +764,10 @@ def _replay(
     conn.executemany(
         _INSERT,
         [
-            (queue, mid, bodies.get(mid, body), priority, eta, due, state)
+            (queue, mid, bodies.get(mid, body), priority, eta, due, state, None)
             for _, mid, body, priority in letters
         ],
     )
-    if letters:
-        conn.execute(_BUMP, (queue,))
     return len(letters)
 
 

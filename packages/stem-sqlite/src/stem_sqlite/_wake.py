@@ -1,20 +1,19 @@
 """Waking waiters: at once for changes made in this process, within milliseconds for others.
 
-SQLite has no notifications between processes. A change made in this process wakes
-waiters through a :class:`~stem._notify.Notifier`; a change committed by another
-process is seen by re-reading a small version counter (``stem_queue_signals`` for
-queues, the ``version`` column for task statuses). A counter read is one indexed
-lookup on the event loop's own connection (no thread hop), far cheaper than re-running
-the query it guards. The reads are paced by a :class:`Pacer`: every millisecond
-for a few milliseconds after activity, when an answer is most likely to come (a result
-a moment after its enqueue, the next task a moment after the last), then less and less
-often, up to the wake interval while nothing happens: low latency without polling hard
-when idle.
+A change made in this process wakes waiters through a :class:`~stem._notify.Notifier`;
+one committed by another process arrives as a datagram on this process's socket for
+the file (:mod:`._bus`), read by the event loop like any other I/O. Datagrams can
+miss (a socket bound a moment after the send, a platform without Unix sockets), so
+waiters also read a version now and then: ``PRAGMA data_version`` for queues (it
+changes with every commit of another connection, at no write cost), the row's
+``version`` column for a task status. The reads are paced by a :class:`Pacer`: every
+millisecond for a few milliseconds after activity, then less and less often, up to
+the wake interval while nothing happens.
 
-To close the gap between "I read" and "I start waiting", the version seen by the read
-is kept and the wait compares against it: for queues, the version at the last read
-that drained them (kept by the broker); for a task status, the version the waiting
-task itself last read (:class:`Baselines`).
+To close the gap between "I read" and "I start waiting", the version seen before the
+read is kept and the wait compares against it: for queues, a mark taken before the
+last reserve (kept by the broker: this loop's count of wake-ups and the data version);
+for a task status, the version the waiting task itself last read (:class:`Baselines`).
 """
 
 from __future__ import annotations
@@ -27,6 +26,8 @@ from typing import Any, Generic, TypeVar
 
 from stem import Clock
 from stem._notify import Notifier
+
+from ._bus import QUEUES, STATUSES, WakeBus
 
 __all__ = ["Baselines", "Pacer", "Signals", "signals_for", "wait_for_change"]
 
@@ -77,18 +78,39 @@ class Pacer:
 class _LoopSignals:
     def __init__(self) -> None:
         self.queues = Notifier()
+        self.queue_wakes: dict[str, int] = {}  # wake-ups by queue name: a wait's baseline
         self.statuses: dict[str, Notifier] = {}
+        self.listening: dict[str, object | None] = {}  # bus sockets by kind
+
+    def wake_queues(self, names: list[str]) -> None:
+        for name in names:
+            self.queue_wakes[name] = self.queue_wakes.get(name, 0) + 1
+        self.queues.notify()
+
+    def wake_statuses(self, task_ids: list[str] | None) -> None:
+        """Wake the watchers of ``task_ids`` (None: of every task) in this loop."""
+        if not self.statuses:
+            return  # nobody in this loop watches anything: the common case in a worker
+        if task_ids is None:
+            notifiers = list(self.statuses.values())
+            self.statuses.clear()
+        else:
+            notifiers = [n for t in task_ids if (n := self.statuses.pop(t, None)) is not None]
+        for notifier in notifiers:
+            notifier.notify()
 
 
 class Signals:
-    """In-process wake-ups for one database file.
+    """Wake-ups for one database file: in this process, and to and from others.
 
     Each event loop has its own notifiers, touched only from that loop's thread; a
     change made in one loop reaches the others through ``call_soon_threadsafe``
-    (stores of one file may live in several loops: pytest's, Stem's sync portal's).
+    (stores of one file may live in several loops: pytest's, Stem's sync portal's),
+    and other processes through the file's :class:`~._bus.WakeBus`.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, path: str) -> None:
+        self.bus = WakeBus(path)
         self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopSignals] = (
             weakref.WeakKeyDictionary()
         )
@@ -118,33 +140,50 @@ class Signals:
                 except RuntimeError:  # closed meanwhile
                     pass
 
+    def _listen(self, signals: _LoopSignals, kind: str) -> None:
+        """Have other processes' wake-ups of ``kind`` reach this loop (once per loop)."""
+        if kind in signals.listening:
+            return
+        if kind == QUEUES:
+            on_wake: Callable[[bytes], None] = lambda names: signals.wake_queues(  # noqa: E731
+                names.decode(errors="replace").split("\n")
+            )
+        else:
+            on_wake = lambda ids: signals.wake_statuses(  # noqa: E731
+                ids.decode(errors="replace").split("\n") if ids else None
+            )
+        loop = asyncio.get_running_loop()
+        signals.listening[kind] = self.bus.listen(loop, kind, on_wake)
+
     def queues(self) -> Notifier:
         """The running loop's notifier for "a message may be ready"."""
-        return self._mine().queues
+        signals = self._mine()
+        self._listen(signals, QUEUES)
+        return signals.queues
 
-    def queues_changed(self) -> None:
-        self._each(lambda signals: signals.queues.notify())
+    def queue_wakes(self, names: tuple[str, ...]) -> int:
+        """How many wake-ups for these queues the running loop has had (a baseline)."""
+        wakes = self._mine().queue_wakes
+        return sum(wakes.get(name, 0) for name in names)
+
+    def queues_changed(self, names: list[str]) -> None:
+        """Messages may be ready in these queues: wake their waiters here and elsewhere."""
+        self._each(lambda signals: signals.wake_queues(names))
+        self.bus.send(QUEUES, "\n".join(names).encode(errors="replace"))
 
     def status(self, task_id: str) -> Notifier:
         """The running loop's notifier for changes of one task's status."""
-        statuses = self._mine().statuses
-        notifier = statuses.get(task_id)
+        signals = self._mine()
+        self._listen(signals, STATUSES)
+        notifier = signals.statuses.get(task_id)
         if notifier is None:
-            notifier = statuses[task_id] = Notifier()
+            notifier = signals.statuses[task_id] = Notifier()
         return notifier
 
     def statuses_changed(self, task_ids: list[str]) -> None:
-        """Wake the watchers of these tasks, in every loop (one pass for a whole batch)."""
-
-        def wake(signals: _LoopSignals) -> None:
-            if not signals.statuses:
-                return  # nobody in that loop watches anything: the common case in a worker
-            for task_id in task_ids:
-                notifier = signals.statuses.pop(task_id, None)
-                if notifier is not None:
-                    notifier.notify()
-
-        self._each(wake)
+        """Wake the watchers of these tasks, in every loop and process (one pass a batch)."""
+        self._each(lambda signals: signals.wake_statuses(task_ids))
+        self.bus.send(STATUSES, "\n".join(task_ids).encode(errors="replace"))
 
 
 _signals: dict[str, Signals] = {}
@@ -155,7 +194,7 @@ def signals_for(path: str) -> Signals:
     with _signals_lock:
         found = _signals.get(path)
         if found is None:
-            found = _signals[path] = Signals()
+            found = _signals[path] = Signals(path)
         return found
 
 
@@ -186,32 +225,33 @@ async def wait_for_change(
     clock: Clock,
     deadline: float,
     notifier: Notifier,
-    probe: Callable[[], Awaitable[V]],
-    baseline: V,
+    changed: Callable[[], Awaitable[bool]],
     pacer: Pacer,
 ) -> None:
-    """Return when ``notifier`` fires, ``probe()`` differs from ``baseline``, or at ``deadline``.
+    """Return when ``changed()`` says so, or at ``deadline``.
 
-    ``deadline`` is on ``clock.monotonic()``, so a FakeClock ends the wait when it is
-    advanced. The probes are paced in real time by ``pacer``: they detect other
-    processes' commits, which a FakeClock knows nothing about.
+    ``changed()`` is asked when ``notifier`` fires (a wake-up may concern other queues
+    or tasks) and at each gap of ``pacer``, in real time: those checks detect other
+    processes' commits, which a FakeClock knows nothing about. ``deadline`` is on
+    ``clock.monotonic()``, so a FakeClock ends the wait when it is advanced.
     """
-    remaining = deadline - clock.monotonic()
-    if remaining <= 0:
-        await asyncio.sleep(0)
-        return
-    waiter = asyncio.ensure_future(notifier.wait(clock, remaining))
-    try:
-        while True:
-            done, _ = await asyncio.wait({waiter}, timeout=pacer.next_gap())
-            if done:
-                if clock.monotonic() < deadline:  # woken by this process, not timed out
+    while True:
+        remaining = deadline - clock.monotonic()
+        if remaining <= 0:
+            await asyncio.sleep(0)
+            return
+        waiter = asyncio.ensure_future(notifier.wait(clock, remaining))
+        try:
+            while True:
+                done, _ = await asyncio.wait({waiter}, timeout=pacer.next_gap())
+                if done and clock.monotonic() >= deadline:
+                    return
+                if await changed():
                     pacer.active()
-                return
-            if await probe() != baseline:
-                pacer.active()
-                return
-    finally:
-        if not waiter.done():
-            waiter.cancel()
-            await asyncio.wait({waiter})  # let it unregister from the notifier and the clock
+                    return
+                if done:
+                    break  # a wake-up for something else: wait again
+        finally:
+            if not waiter.done():
+                waiter.cancel()
+                await asyncio.wait({waiter})  # let it unregister from the notifier and the clock
