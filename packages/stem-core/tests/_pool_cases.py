@@ -41,6 +41,14 @@ def nan_result() -> dict[str, float]:
     return {"ratio": math.nan}
 
 
+def half(x: float) -> float:
+    return x / 2
+
+
+def infinite_result() -> float:
+    return math.inf
+
+
 def opaque_result() -> Any:
     return Opaque()
 
@@ -100,6 +108,14 @@ async def a_double(x: int) -> int:
 
 async def a_nan_result() -> dict[str, float]:
     return nan_result()
+
+
+async def a_half(x: float) -> float:
+    return half(x)
+
+
+async def a_infinite_result() -> float:
+    return infinite_result()
 
 
 async def a_opaque_result() -> Any:

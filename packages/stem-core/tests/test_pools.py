@@ -50,7 +50,11 @@ UNSTORABLE = "unserializable-result"
 CASES = {
     "plain value": Case("double", SUCCEEDED, None, 1, args=(21,), value=42),
     "big int": Case("double", SUCCEEDED, None, 1, args=(2**100,), value=2**101),
+    "float result": Case("half", SUCCEEDED, None, 1, args=(3.0,), value=1.5),
     "NaN result": Case("nan_result", FAILED, UNSTORABLE, 1, error_type="SerializationError"),
+    "infinite result": Case(
+        "infinite_result", FAILED, UNSTORABLE, 1, error_type="SerializationError"
+    ),
     "unserializable result": Case(
         "opaque_result", FAILED, UNSTORABLE, 1, error_type="SerializationError"
     ),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import math
 import os
 import traceback as tb
 from collections.abc import Awaitable, Callable
@@ -346,7 +347,13 @@ def succeeded(app: Stem, task: Task[Any, Any], envelope: Envelope, value: Any) -
     will be stored, or a failure if it cannot be stored exactly."""
     kind = type(value)
     if (
-        (value is None or kind is int or kind is bool or (kind is str and value.isascii()))
+        (
+            value is None
+            or kind is int
+            or kind is bool
+            or (kind is float and math.isfinite(value))
+            or (kind is str and value.isascii())
+        )
         and envelope.result_encoder == "json"
         and app.encoders.json_is_identity
     ):
