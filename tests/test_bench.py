@@ -2,7 +2,9 @@
 
 The figures of a run this small mean nothing; what is checked is that every measure
 runs end to end (worker processes, the floor's copy of Stem's SQL, the JSON report)
-and that the steady-state arithmetic is right.
+and that the steady-state arithmetic is right. The Redis benchmark's peers are not in
+the test environment (they are in the bench-redis dependency group): its tests run the
+floor and the Stem row only.
 """
 
 from __future__ import annotations
@@ -14,8 +16,11 @@ import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
+
+from stem_adapter_tests import skip_or_fail
 
 BENCH = Path(__file__).resolve().parent.parent / "tools" / "bench"
 
@@ -87,3 +92,58 @@ def test_memory_drain_runs_both_handlers(tmp_path: Path) -> None:
     figures = json.loads(out.read_text())["figures"]
     assert figures["async"]["steady"][0] > 0
     assert figures["sync"]["steady"][0] > 0
+
+
+def _redis_bench(systems: str, tmp_path: Path) -> dict[str, Any]:
+    """Run redis_peers.py on its own server with tiny sizes; its JSON report."""
+    import redis_server  # tools/ is on the path (tests/conftest.py)
+
+    try:
+        redis_server.find_binary()
+    except redis_server.RedisServerUnavailable as exc:
+        skip_or_fail(f"no redis-server for the Redis benchmark: {exc}")
+    out = tmp_path / "figures.json"
+    args = ["-n", "200", "-r", "1", "--round-trips", "20", "--systems", systems]
+    done = _run("redis_peers.py", *args, "--json", str(out), tmp_path=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "| system | version | enqueue one by one |" in done.stdout
+    assert "| Stem's target |" in done.stdout
+    report: dict[str, Any] = json.loads(out.read_text())
+    floor = next(r for r in report["raw"] if r["system"] == "floor")
+    assert floor["ok"], floor
+    for key in ("enqueue_one", "enqueue_batched", "drain"):
+        assert floor["figures"][key] > 0, key
+    assert len(floor["figures"]["round_trips"]) == 20
+    return report
+
+
+@pytest.mark.slow
+@pytest.mark.redis
+def test_redis_bench_floor_runs(tmp_path: Path) -> None:
+    report = _redis_bench("floor", tmp_path)
+    assert report["server"]["save"] == "", "the benchmark's server must run without snapshots"
+    assert report["server"]["appendonly"] == "no"
+
+
+def _has_redis_adapter() -> bool:
+    from importlib.metadata import entry_points
+
+    return any(ep.name == "redis" for ep in entry_points(group="stem.adapters"))
+
+
+@pytest.mark.slow
+@pytest.mark.processes
+@pytest.mark.redis
+def test_redis_bench_stem_row_runs(tmp_path: Path) -> None:
+    report = _redis_bench("stem,floor", tmp_path)
+    if not _has_redis_adapter():
+        assert report["not_run"] == {"stem": "redis adapter not installed"}
+        pytest.skip(
+            "stem-redis registers no redis:// adapter yet, so the Stem row of "
+            "tools/bench/redis_peers.py says 'Stem: redis adapter not installed'"
+        )
+    stem = next(r for r in report["raw"] if r["system"] == "stem")
+    assert stem["ok"], stem
+    for key in ("enqueue_one", "enqueue_batched", "drain"):
+        assert stem["figures"][key] > 0, key
+    assert len(stem["figures"]["round_trips"]) == 20

@@ -22,6 +22,9 @@ __all__ = [
     "BenchError",
     "Summary",
     "filesystem",
+    "format_cell",
+    "format_number",
+    "paired_ratios",
     "percentile",
     "platform_settings",
     "rss_bytes",
@@ -85,6 +88,35 @@ def summarize(values: Sequence[float]) -> Summary:
     if not values:
         raise BenchError("nothing measured")
     return Summary(statistics.median(values), min(values), max(values))
+
+
+#: The unit shown after a figure of each kind: tasks per second, a duration, a ratio.
+UNITS = {"rate": "/s", "ms": " ms", "x": "x"}
+
+
+def format_number(v: float, unit: str) -> str:
+    """A figure without its unit: 13.0k (tasks/s), 2.88 (ms, from seconds), 1.25 (x)."""
+    if unit == "rate":
+        return f"{v / 1000:.1f}k" if v >= 1000 else f"{v:.0f}"
+    if unit == "ms":
+        return f"{v * 1000:.2f}"
+    return f"{v:.2f}"
+
+
+def format_cell(values: Sequence[float], unit: str) -> str:
+    """The median with its unit, and the range of the repetitions: 13.0k/s (12.1k-13.5k)."""
+    if not values:
+        return "-"
+    s = summarize(values)
+    text = format_number(s.median, unit) + UNITS[unit]
+    if len(values) > 1:
+        text += f" ({format_number(s.low, unit)}-{format_number(s.high, unit)})"
+    return text
+
+
+def paired_ratios(a: Sequence[float], b: Sequence[float]) -> list[float]:
+    """Per-repetition ratios a/b (the repetitions are paired)."""
+    return [x / y for x, y in zip(a, b, strict=False) if y]
 
 
 def rss_bytes(pid: int) -> int | None:

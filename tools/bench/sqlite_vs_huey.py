@@ -49,9 +49,11 @@ from _measure import (
     percentile,
     platform_settings,
     steady_rate,
-    summarize,
     window_rates,
 )
+from _measure import format_cell as _cell
+from _measure import format_number as _number
+from _measure import paired_ratios as _ratios
 from _systems import (
     WARM_UP_TRIPS,
     Plan,
@@ -95,36 +97,8 @@ def _figures(run: SystemRun) -> dict[str, float]:
     return out
 
 
-def _number(v: float, unit: str) -> str:
-    """A figure without its unit: 13.0k (tasks/s), 2.88 (ms), 1.25 (x)."""
-    if unit == "rate":
-        return f"{v / 1000:.1f}k" if v >= 1000 else f"{v:.0f}"
-    if unit == "ms":
-        return f"{v * 1000:.2f}"
-    return f"{v:.2f}"
-
-
-_UNITS = {"rate": "/s", "ms": " ms", "x": "x"}
-
-
 def _rate(v: float) -> str:
     return _number(v, "rate") + "/s"
-
-
-def _cell(values: Sequence[float], unit: str) -> str:
-    """The median with its unit, and the range of the repetitions: 13.0k/s (12.1k-13.5k)."""
-    if not values:
-        return "-"
-    s = summarize(values)
-    text = _number(s.median, unit) + _UNITS[unit]
-    if len(values) > 1:
-        text += f" ({_number(s.low, unit)}-{_number(s.high, unit)})"
-    return text
-
-
-def _ratios(a: Sequence[float], b: Sequence[float]) -> list[float]:
-    """Per-repetition ratios a/b (the repetitions are paired)."""
-    return [x / y for x, y in zip(a, b, strict=False) if y]
 
 
 def _table(
