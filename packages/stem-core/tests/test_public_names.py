@@ -102,8 +102,6 @@ def test_an_imported_task_does_not_warn(app: Stem) -> None:
 @pytest.mark.parametrize(
     ("url", "product"),
     [
-        ("redis://localhost:6379/0", "Redis"),
-        ("rediss://localhost:6380/0", "Redis"),
         ("postgresql://u@localhost/db", "PostgreSQL"),
         ("postgres://u@localhost/db", "PostgreSQL"),
     ],

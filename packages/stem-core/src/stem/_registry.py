@@ -27,8 +27,6 @@ KNOWN_SCHEMES: dict[str, str] = {
 #: placeholders) but register no entry point, so the scheme is refused with a message
 #: saying so. An adapter's release removes its schemes from here.
 PLANNED: dict[str, str] = {
-    "redis": "Redis",
-    "rediss": "Redis",
     "postgresql": "PostgreSQL",
     "postgres": "PostgreSQL",
 }

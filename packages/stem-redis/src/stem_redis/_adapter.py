@@ -1,0 +1,38 @@
+"""The ``redis://`` and ``rediss://`` adapter, registered in the ``stem.adapters`` entry-point group."""
+
+from __future__ import annotations
+
+from stem import Clock
+from stem.contracts import Adapter
+
+from ._backend import RedisResultBackend
+from ._broker import RedisBroker
+from ._stores import RedisLockStore, RedisRevokeStore
+from ._url import parse_url
+
+__all__ = ["RedisAdapter"]
+
+
+class RedisAdapter(Adapter):
+    """Builds Redis brokers and stores from ``redis://`` and ``rediss://`` URLs.
+
+    Stores built from URLs naming the same server with the same connection settings
+    share one connection pool per event loop (the stores of one app, typically).
+
+    Raises (from every method):
+        ConfigurationError: the URL is not a usable Redis URL (its password masked).
+    """
+
+    distribution = "stem-redis"
+
+    def broker(self, url: str, *, clock: Clock | None = None) -> RedisBroker:
+        return RedisBroker(parse_url(url), clock=clock)
+
+    def result_backend(self, url: str, *, clock: Clock | None = None) -> RedisResultBackend:
+        return RedisResultBackend(parse_url(url), clock=clock)
+
+    def lock_store(self, url: str, *, clock: Clock | None = None) -> RedisLockStore:
+        return RedisLockStore(parse_url(url), clock=clock)
+
+    def revoke_store(self, url: str, *, clock: Clock | None = None) -> RedisRevokeStore:
+        return RedisRevokeStore(parse_url(url), clock=clock)

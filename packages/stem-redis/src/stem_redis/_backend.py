@@ -1,0 +1,369 @@
+"""The Redis result backend: statuses with indexes and expiry, groups, chords, heartbeats.
+
+Keys (``P`` is the prefix): ``P:task:ID`` a string per status (``state NUL task NUL
+expires_at NUL`` and the status as JSON: one ``SET ... PX`` writes it all, and the
+header is read back with ``GETRANGE``); the index ``P:statuses:STATE:TASK`` (sorted
+by update time) and the set of task names ``P:task-names``, for listing;
+``P:expiring`` (by expiry) for sweeping; ``{P:group:ID}`` and ``{P:group:ID}:results``
+per group; ``{P:heartbeats}`` and ``{P:heartbeats}:ends``. A status write publishes on
+``P:changed:ID``, which wakes watchers.
+
+Expiry follows the app's clock: a status whose time is up is not returned, and is
+deleted (with its index entries) by a sweep that writers run now and then. Redis's
+own expiry is set a while later as well, so memory is freed even if no process
+sweeps any more.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+
+from stem import Clock, DecodeError
+from stem.contracts import GroupState, ResultBackend, TaskState, TaskStatus, WorkerHeartbeat
+
+from ._client import Arg, ClientHandle, RedisClient, call_token, pack
+from ._url import RedisOptions, parse_url
+
+__all__ = ["KEEP_AFTER_EXPIRY", "SWEEP_EVERY", "RedisResultBackend"]
+
+#: Seconds Redis keeps an expired status (or lock, or heartbeat) after the clock's
+#: expiry, so its own expiry never runs ahead of the app's clock.
+KEEP_AFTER_EXPIRY = 300.0
+#: Expired statuses are swept at most this often (clock seconds) by each backend...
+SWEEP_EVERY = 60.0
+#: ...500 at a time; a sweep that found a full batch makes the next write sweep again.
+SWEEP_BATCH = 500
+#: Versions of statuses read that a backend remembers for the watches that wait next.
+SEEN_LIMIT = 10_000
+
+_STATES = tuple(TaskState)
+
+
+def _plain(value: object) -> object:
+    # msgspec refuses subclasses of str (such as stem.TaskRef): store the plain string.
+    if isinstance(value, str):
+        return str(value)
+    raise TypeError(f"cannot store a {type(value).__name__} in Redis")
+
+
+_encoder = msgspec.json.Encoder(enc_hook=_plain)
+_status_decoder = msgspec.json.Decoder(TaskStatus)
+_heartbeat_decoder = msgspec.json.Decoder(WorkerHeartbeat)
+_meta_decoder = msgspec.json.Decoder(dict[str, Any])
+
+
+def _score_pairs(reply: list[Any]) -> list[tuple[float, bytes]]:
+    """(score, member) from ZREVRANGE ... WITHSCORES, flat or paired (redis-py parses it
+    into pairs; the raw reply is flat)."""
+    if reply and isinstance(reply[0], list | tuple):
+        return [(float(score), member) for member, score in reply]
+    return [(float(reply[i + 1]), reply[i]) for i in range(0, len(reply), 2)]
+
+
+def keep_ms(ttl: float) -> int:
+    """Redis's own time to live for something the clock expires after ``ttl`` seconds."""
+    return int((max(ttl, 0.0) + KEEP_AFTER_EXPIRY) * 1000)
+
+
+class _Sweeper:
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+        self._last: float | None = None
+        self._behind = False
+
+    def due(self) -> bool:
+        now = self._clock.monotonic()
+        if not self._behind and self._last is not None and now - self._last < SWEEP_EVERY:
+            return False
+        self._last = now
+        return True
+
+    def swept(self, count: int) -> None:
+        self._behind = count >= SWEEP_BATCH
+
+
+class RedisResultBackend(ResultBackend):
+    """Task statuses, groups, chord claims and worker heartbeats in Redis.
+
+    Args:
+        url: ``redis://`` or ``rediss://`` (see :func:`stem_redis.parse_url`).
+        clock: every time stored or compared is read from it.
+        share_connection: False to open connections of its own instead of sharing the
+            pool of every store of this server in this event loop.
+
+    Watchers are woken by pub/sub; ``poll_interval`` (from the URL) only bounds how
+    late one notices a change whose notification was lost in a reconnect.
+    """
+
+    def __init__(
+        self,
+        url: str | RedisOptions = "redis://localhost:6379/0",
+        *,
+        clock: Clock | None = None,
+        share_connection: bool = True,
+    ) -> None:
+        options = url if isinstance(url, RedisOptions) else parse_url(url)
+        super().__init__(clock=clock, poll_interval=options.poll_interval)
+        self._handle = ClientHandle(options, share=share_connection)
+        self._prefix = options.prefix
+        self._sweeper = _Sweeper(self.clock)
+        # (A hash of) each status as last read by get_status, so that a watch that
+        # waits next cannot miss a change made between that read and its wait (the
+        # oldest are dropped past SEEN_LIMIT: a waiter that lost its own waits less).
+        self._seen: dict[str, int | None] = {}
+
+    @property
+    def options(self) -> RedisOptions:
+        return self._handle.options
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.options.masked_url!r})"
+
+    def _client(self) -> RedisClient:
+        return self._handle.get()
+
+    def _key(self, task_id: str) -> str:
+        return f"{self._prefix}:task:{task_id}"
+
+    def _decode(self, value: bytes) -> TaskStatus:
+        """A stored status (see the module docstring), whatever its expiry."""
+        parts = value.split(b"\0", 3)
+        try:
+            if len(parts) != 4:
+                raise msgspec.DecodeError("no state, task and expiry before the JSON")
+            status: TaskStatus = _status_decoder.decode(parts[3])
+        except msgspec.DecodeError as exc:
+            raise DecodeError(
+                f"a task status stored in Redis at {self.options.masked_url} does not decode: {exc}"
+            ) from exc
+        status.expires_at = float(parts[2]) if parts[2] else None  # expire() changes only it
+        return status
+
+    def _live(self, value: bytes | None, now: float) -> TaskStatus | None:
+        """The stored status if it has not expired by ``now``."""
+        if value is None:
+            return None
+        status = self._decode(value)
+        if status.expires_at is not None and status.expires_at <= now:
+            return None
+        return status
+
+    # -- statuses -------------------------------------------------------------------------
+
+    def status_args(
+        self, statuses: Sequence[tuple[TaskStatus, float | None]]
+    ) -> tuple[list[Arg], float]:
+        """The statuses section of a script's ARGV (see lua/_status.lua), and its time."""
+        now = self.clock.now()
+        records = []
+        data = []
+        for status, ttl in statuses:
+            # Like the other backends, fill in the caller's status: when it was updated
+            # (unless given) and when it expires.
+            status.updated_at = status.updated_at or now
+            status.expires_at = now + ttl if ttl is not None else None
+            encoded = _encoder.encode(status)
+            data.append(encoded)
+            records.append(
+                (
+                    status.id,
+                    str(status.state),
+                    status.task,
+                    status.updated_at,
+                    "" if status.expires_at is None else status.expires_at,
+                    0 if ttl is None else keep_ms(ttl),
+                    len(encoded),
+                )
+            )
+        sweep = "1" if self._sweeper.due() else "0"
+        return [self._prefix, now, sweep, pack(records), b"".join(data)], now
+
+    def swept(self, count: int) -> None:
+        """What the sweep that :meth:`status_args` asked for deleted."""
+        self._sweeper.swept(count)
+
+    async def set_status(self, status: TaskStatus, *, ttl: float | None = None) -> None:
+        await self.set_statuses([(status, ttl)])
+
+    async def set_statuses(self, statuses: Sequence[tuple[TaskStatus, float | None]]) -> None:
+        """Store several statuses in one atomic script (the worker's batched flush)."""
+        if not statuses:
+            return
+        args, _ = self.status_args(statuses)
+        self.swept(int(await self._client().script("statuses", [], args)))
+
+    async def get_status(self, task_id: str) -> TaskStatus | None:
+        value = await self._client().command("GET", self._key(task_id))
+        self._seen.pop(task_id, None)
+        self._seen[task_id] = None if value is None else hash(value)
+        if len(self._seen) > SEEN_LIMIT:
+            del self._seen[next(iter(self._seen))]
+        return self._live(value, self.clock.now())
+
+    async def get_statuses(self, task_ids: Sequence[str]) -> dict[str, TaskStatus]:
+        if not task_ids:
+            return {}
+        values = await self._client().command("MGET", *(self._key(t) for t in task_ids))
+        now = self.clock.now()
+        found = {}
+        for task_id, value in zip(task_ids, values, strict=True):
+            status = self._live(value, now)
+            if status is not None:
+                found[task_id] = status
+        return found
+
+    async def list_statuses(
+        self, *, state: TaskState | None = None, task: str | None = None, limit: int = 100
+    ) -> list[TaskStatus]:
+        if limit <= 0:
+            return []
+        client = self._client()
+        states = _STATES if state is None else (state,)
+        if task is not None:
+            names = [task]
+        else:
+            members = await client.command("SMEMBERS", f"{self._prefix}:task-names")
+            names = sorted(m.decode() for m in members)
+        # One index per state and task name: a status write touches one, and listing
+        # by state alone merges those of every task name (there are few of them).
+        indexes = [f"{self._prefix}:statuses:{s}:{n}" for s in states for n in names]
+        if not indexes:
+            return []
+        read: dict[bytes, TaskStatus | None] = {}
+        depth = max(limit, 50)
+        while True:
+            # The newest `depth` of each index. Below the oldest score read from an index
+            # that had more, other indexes may hold entries not read yet: only what is at
+            # or above that boundary is known to be in order.
+            ranges = await client.commands(
+                [("ZREVRANGE", index, 0, depth - 1, "WITHSCORES") for index in indexes]
+            )
+            boundary = float("-inf")
+            candidates: list[tuple[float, bytes, str]] = []
+            for index, flat in zip(indexes, ranges, strict=True):
+                pairs = _score_pairs(flat)
+                if len(pairs) >= depth:
+                    boundary = max(boundary, pairs[-1][0])
+                candidates += [(score, tid, index) for score, tid in pairs]
+            candidates = [c for c in candidates if c[0] >= boundary]
+            unread = [c for c in candidates if c[1] not in read]
+            if unread:
+                values = await client.command(
+                    "MGET", *(f"{self._prefix}:task:{tid.decode()}" for _, tid, _ in unread)
+                )
+                now = self.clock.now()
+                stale: list[tuple[str, str, bytes]] = []
+                for (_, tid, index), value in zip(unread, values, strict=True):
+                    if value is None:
+                        stale.append(("ZREM", index, tid))  # Redis expired it: unindex it
+                    read[tid] = self._live(value, now)
+                if stale:
+                    await client.commands(stale)
+            live = [s for s in (read[c[1]] for c in candidates) if s is not None]
+            if len(live) >= limit or boundary == float("-inf"):
+                live.sort(key=lambda s: s.updated_at, reverse=True)
+                return live[:limit]
+            depth *= 4
+
+    async def expire(self, task_id: str, ttl: float) -> bool:
+        now = self.clock.now()
+        done = await self._client().script(
+            "expire", [], [self._prefix, task_id, now, repr(now + ttl), keep_ms(ttl)]
+        )
+        return bool(done)
+
+    async def wait_for_change(self, task_id: str, timeout: float) -> None:
+        """Return soon after the status of ``task_id`` changes (in any process), or at ``timeout``.
+
+        Woken by the ``PUBLISH`` of every status write; a change made between the
+        caller's last ``get_status`` and this wait is found by comparing what it read.
+        """
+        client = self._client()
+        channels, _ = await client.hub.subscribe(
+            [f"{self._prefix}:changed:{task_id}".encode()], sticky=False
+        )
+        try:
+            marks = client.hub.marks(channels)
+            known = task_id in self._seen
+            seen = self._seen.pop(task_id, None)
+            value = await client.command("GET", self._key(task_id))
+            if known and (None if value is None else hash(value)) != seen:
+                return
+            wait = min(timeout, self.poll_interval)
+            await client.hub.wait(channels, marks, self.clock, wait)
+        finally:
+            await client.hub.release(channels)
+
+    # -- groups and chords ----------------------------------------------------------------
+
+    def _group_keys(self, group_id: str) -> list[str]:
+        base = f"{{{self._prefix}:group:{group_id}}}"
+        return [base, f"{base}:results"]
+
+    def _group(self, group_id: str, found: Any) -> GroupState | None:
+        if not found:
+            return None
+        size, meta, claimed, flat = found
+        results = {
+            flat[i].decode(): _status_decoder.decode(flat[i + 1]) for i in range(0, len(flat), 2)
+        }
+        return GroupState(
+            id=group_id,
+            size=int(size),
+            results=results,
+            meta=_meta_decoder.decode(meta),
+            chord_claimed_by=claimed.decode() if claimed else None,
+        )
+
+    async def init_group(
+        self, group_id: str, size: int, *, meta: dict[str, object] | None = None
+    ) -> None:
+        await self._client().script(
+            "group_init", self._group_keys(group_id), [size, _encoder.encode(dict(meta or {}))]
+        )
+
+    async def add_group_result(self, group_id: str, status: TaskStatus) -> GroupState | None:
+        found = await self._client().script(
+            "group_add", self._group_keys(group_id), [status.id, _encoder.encode(status)]
+        )
+        return self._group(group_id, found)
+
+    async def get_group(self, group_id: str) -> GroupState | None:
+        found = await self._client().script("group_get", self._group_keys(group_id), [])
+        return self._group(group_id, found)
+
+    async def claim_chord(self, group_id: str, owner: str) -> bool:
+        keys = self._group_keys(group_id)[:1]
+        return bool(await self._client().script("chord_claim", keys, [owner, call_token()]))
+
+    # -- worker heartbeats ----------------------------------------------------------------
+
+    def _heartbeat_keys(self) -> list[str]:
+        base = f"{{{self._prefix}:heartbeats}}"
+        return [base, f"{base}:ends"]
+
+    async def set_heartbeat(self, heartbeat: WorkerHeartbeat, *, ttl: float) -> None:
+        now = self.clock.now()
+        await self._client().script(
+            "heartbeat_set",
+            self._heartbeat_keys(),
+            [heartbeat.worker_id, _encoder.encode(heartbeat), now + ttl, now],
+        )
+
+    async def get_heartbeat(self, worker_id: str) -> WorkerHeartbeat | None:
+        found = await self._client().script(
+            "heartbeat_get", self._heartbeat_keys(), [self.clock.now(), worker_id]
+        )
+        return _heartbeat_decoder.decode(found[0]) if found and found[0] else None
+
+    async def list_heartbeats(self) -> list[WorkerHeartbeat]:
+        found = await self._client().script(
+            "heartbeat_get", self._heartbeat_keys(), [self.clock.now()]
+        )
+        return [_heartbeat_decoder.decode(data) for data in found if data]
+
+    async def aclose(self) -> None:
+        await self._handle.aclose()

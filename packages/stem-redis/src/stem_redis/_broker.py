@@ -1,0 +1,509 @@
+"""The Redis broker: a stream per queue and priority lane, leases in sorted sets, Lua for every step.
+
+Each queue's keys share one hash tag, ``{PREFIX:QUEUE}`` (see ``lua/_queue.lua`` for the
+layout), so every script touches one hash slot and a queue can live on one Redis Cluster
+shard. A reserve is one script: it promotes due delayed messages, takes over deliveries
+whose lease ran out (``XCLAIM``: the entry is not copied), then reads new entries with
+``XREADGROUP ... COUNT n`` lane by lane, highest priority first. An ack is ``XACK``,
+then a trim up to the oldest entry still pending or unread (``XTRIM MINID``), so a
+stream holds its unacknowledged messages and a few acked ones, and the length bound
+never drops a message not yet acknowledged.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from stem import Clock
+from stem.contracts import (
+    Broker,
+    BrokerCapabilities,
+    DeadLetter,
+    Delivery,
+    LockStore,
+    Message,
+    QueueStats,
+    ResultBackend,
+    TaskStatus,
+    UniqueClaim,
+)
+
+from ._backend import RedisResultBackend
+from ._client import Arg, ClientHandle, RedisClient, call_token, pack
+from ._url import RedisOptions, parse_url
+
+__all__ = ["RedisBroker"]
+
+#: Most messages one reserve script hands out (a larger limit takes several calls).
+RESERVE_CHUNK = 1000
+#: Most delayed messages one script moves to their streams (the rest follow on the next).
+PROMOTE_CAP = 1000
+#: Entries one purge or replay call handles before the next call goes on.
+CHUNK = 500
+#: The consumer (in each stream's group ``stem``) that deliveries are read under. Stem
+#: tracks who holds what in its own lease sets, with receipts, so one name serves all.
+CONSUMER = "stem"
+
+_RECEIPT = re.compile(r"(\d)/(\d+-\d+)/(\d+)")
+
+
+def queue_base(prefix: str, queue: str) -> bytes:
+    """The hash tag every key of ``queue`` starts with."""
+    return f"{{{prefix}:{queue}}}".encode()
+
+
+def _optional(text: str | None) -> str:
+    return "" if text is None else "+" + text
+
+
+def _receipt(delivery: Delivery) -> tuple[str, str, str] | None:
+    """(lane, entry id, deliveries) from a receipt this broker wrote; None for any other."""
+    found = _RECEIPT.fullmatch(delivery.receipt)
+    return None if found is None else (found[1], found[2], found[3])
+
+
+def _fields(flat: Sequence[bytes]) -> dict[bytes, bytes]:
+    return {flat[i]: flat[i + 1] for i in range(0, len(flat) - 1, 2)}
+
+
+class Malformed(Exception):
+    """A stream entry that is not a Stem message."""
+
+
+def _message(queue: str, lane: int, fields: dict[bytes, bytes]) -> Message:
+    problems = []
+    raw_id, body, raw_eta = fields.get(b"id"), fields.get(b"body"), fields.get(b"eta")
+    message_id = ""
+    if raw_id is None:
+        problems.append("no id field")
+    else:
+        try:
+            message_id = raw_id.decode()
+        except UnicodeDecodeError:
+            problems.append("the id is not UTF-8")
+    if body is None:
+        problems.append("no body field")
+    eta = None
+    if raw_eta is not None:
+        try:
+            eta = float(raw_eta)
+        except ValueError:
+            problems.append(f"the eta {raw_eta[:40]!r} is not a number")
+    if problems:
+        raise Malformed("; ".join(problems))
+    assert body is not None
+    return Message(id=message_id, queue=queue, body=body, priority=lane, eta=eta)
+
+
+def _malformed_letter(eid: str, fields: dict[bytes, bytes]) -> tuple[str, bytes]:
+    """The id and body a malformed entry is dead-lettered with: what it had, made readable."""
+    raw_id = fields.get(b"id")
+    message_id = raw_id.decode("utf-8", "replace") if raw_id is not None else f"stream-entry-{eid}"
+    body = fields.get(b"body")
+    if body is None:  # keep everything the entry had, for whoever fixes it
+        body = repr({k.decode("utf-8", "backslashreplace"): v for k, v in fields.items()}).encode()
+    return message_id, body
+
+
+class RedisBroker(Broker):
+    """Messages in Redis Streams, shared by every process that reaches the server.
+
+    Args:
+        url: ``redis://`` or ``rediss://`` (see :func:`stem_redis.parse_url`); its
+            ``prefix`` namespaces the keys and ``poll_interval`` bounds an idle wait.
+        clock: every lease end, due time and dead-letter time is read from it.
+        share_connection: False to open connections of its own instead of sharing the
+            pool of every store of this server in this event loop.
+
+    The constructor does no I/O: it connects on first use.
+    """
+
+    capabilities = BrokerCapabilities(notify=True)
+
+    def __init__(
+        self,
+        url: str | RedisOptions = "redis://localhost:6379/0",
+        *,
+        clock: Clock | None = None,
+        share_connection: bool = True,
+    ) -> None:
+        options = url if isinstance(url, RedisOptions) else parse_url(url)
+        super().__init__(clock=clock, poll_interval=options.poll_interval)
+        self._handle = ClientHandle(options, share=share_connection)
+        self._bases: dict[str, bytes] = {}
+        # Per set of queues: the wake channels' counts noted before the last reserve,
+        # and the next due time that reserve found (when it found nothing ready).
+        self._drained: dict[tuple[str, ...], tuple[tuple[int, ...], float | None]] = {}
+
+    @property
+    def options(self) -> RedisOptions:
+        return self._handle.options
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.options.masked_url!r})"
+
+    def _client(self) -> RedisClient:
+        return self._handle.get()
+
+    def _base(self, queue: str) -> bytes:
+        base = self._bases.get(queue)
+        if base is None:
+            base = self._bases[queue] = queue_base(self.options.prefix, queue)
+        return base
+
+    def _shares_server(self, store: object) -> bool:
+        return isinstance(store, RedisResultBackend) and store.options.server == self.options.server
+
+    # -- publishing -------------------------------------------------------------------
+
+    def _message_args(
+        self, messages: Sequence[Message], now: float
+    ) -> tuple[list[bytes], list[Arg]]:
+        """KEYS (the queues' bases) and the messages section of ARGV (see lua/_queue.lua)."""
+        index: dict[str, int] = {}
+        keys: list[bytes] = []
+        records = []
+        for m in messages:
+            qi = index.get(m.queue)
+            if qi is None:
+                keys.append(self._base(m.queue))
+                qi = index[m.queue] = len(keys)
+            if not 0 <= m.priority <= 9:
+                raise ValueError(f"message {m.id!r} has priority {m.priority}; it must be 0-9")
+            records.append((qi, m.priority, m.id, "" if m.eta is None else m.eta, len(m.body)))
+        blob = b"".join(m.body for m in messages)
+        return keys, [now, PROMOTE_CAP, pack(records), blob]
+
+    async def publish_many(self, messages: Sequence[Message]) -> None:
+        if not messages:
+            return
+        keys, args = self._message_args(messages, self.clock.now())
+        await self._client().script("publish", keys, [call_token(), *args])
+
+    async def enqueue(
+        self,
+        messages: Sequence[Message],
+        statuses: Sequence[tuple[TaskStatus, float | None]],
+        backend: ResultBackend,
+        *,
+        claims: Sequence[UniqueClaim | None] = (),
+        locks: LockStore | None = None,
+    ) -> list[str | None]:
+        """Statuses and messages in one atomic script (one round trip) when the backend is
+        on this server; with unique claims, the base class's steps."""
+        if any(c is not None for c in claims) or not messages or not statuses:
+            return await super().enqueue(messages, statuses, backend, claims=claims, locks=locks)
+        if not self._shares_server(backend):
+            return await super().enqueue(messages, statuses, backend, claims=claims, locks=locks)
+        assert isinstance(backend, RedisResultBackend)
+        status_args, now = backend.status_args(statuses)
+        keys, message_args = self._message_args(messages, now)
+        swept = await self._client().script(
+            "enqueue", keys, [call_token(), *status_args, *message_args]
+        )
+        backend.swept(int(swept))
+        return [None] * len(messages)
+
+    # -- consuming ----------------------------------------------------------------------
+
+    def _wake_channels(self, queues: Sequence[str]) -> list[bytes]:
+        return [self._base(q) + b":wake" for q in queues]
+
+    def _marks(self, client: RedisClient, queues: Sequence[str]) -> tuple[int, ...] | None:
+        channels = [client.hub.channel(name) for name in self._wake_channels(queues)]
+        if any(c is None for c in channels):
+            return None
+        return tuple(c.count for c in channels if c is not None)
+
+    async def reserve(self, queues: Sequence[str], limit: int, lease: float) -> list[Delivery]:
+        if limit <= 0 or not queues:
+            return []
+        client = self._client()
+        key = tuple(queues)
+        marks = self._marks(client, queues)
+        keys = [self._base(q) for q in queues]
+        out: list[Delivery] = []
+        while len(out) < limit:
+            now = self.clock.now()
+            until = now + lease
+            want = min(limit - len(out), RESERVE_CHUNK)
+            raw, due = await client.script(
+                "reserve", keys, [now, want, until, CONSUMER, PROMOTE_CAP]
+            )
+            malformed = 0
+            for qi, lane, eid, count, flat in raw:
+                queue = queues[qi - 1]
+                fields = _fields(flat)
+                eid_text = eid.decode()
+                receipt = f"{lane}/{eid_text}/{count}"
+                try:
+                    message = _message(queue, lane, fields)
+                except Malformed as exc:
+                    malformed += 1
+                    await self._bury_malformed(queue, lane, eid_text, count, fields, str(exc))
+                    continue
+                out.append(
+                    Delivery(
+                        message=message, receipt=receipt, deliveries=count, lease_expires_at=until
+                    )
+                )
+            if len(raw) < want:  # drained
+                if out:
+                    break
+                if marks is None:
+                    self._drained.pop(key, None)  # not subscribed yet: a wait reads again
+                else:
+                    self._drained[key] = (marks, None if due is None else float(due))
+                break
+            if not malformed and len(out) >= limit:
+                break
+        return out
+
+    async def _bury_malformed(
+        self, queue: str, lane: int, eid: str, count: int, fields: dict[bytes, bytes], why: str
+    ) -> None:
+        message_id, body = _malformed_letter(eid, fields)
+        error = (
+            f"MalformedEntry: stream entry {eid} of queue {queue!r} is not a Stem message "
+            f"({why}; fields: {', '.join(k.decode('utf-8', 'replace') for k in fields) or 'none'}). "
+            "Stem writes the fields id (UTF-8 text), body (bytes) and eta (seconds, optional); "
+            "publish through Stem, or fix this dead letter's body and replay it, or purge it"
+        )
+        await self._client().script(
+            "bury",
+            [self._base(queue)],
+            [
+                lane,
+                eid,
+                count,
+                message_id,
+                body,
+                "",
+                "malformed",
+                _optional(error),
+                "",
+                self.clock.now(),
+            ],
+        )
+
+    async def wait_for_messages(self, queues: Sequence[str], timeout: float) -> None:
+        """Return when a message may be ready in ``queues`` (a publish, a requeue or a
+        replay notifies), or after ``timeout``."""
+        if timeout <= 0:
+            await self.clock.sleep(0)
+            return
+        client = self._client()
+        channels, new = await client.hub.subscribe(self._wake_channels(queues), sticky=True)
+        if new:
+            return  # something published just before the subscription was not notified
+        drained = self._drained.get(tuple(queues))
+        if drained is None:
+            return  # no empty read since the subscription: read first
+        await client.hub.wait(channels, drained[0], self.clock, timeout)
+
+    async def next_due(self, queues: Sequence[str]) -> float | None:
+        if not queues:
+            return None
+        client = self._client()
+        drained = self._drained.get(tuple(queues))
+        if drained is not None and drained[0] == self._marks(client, queues):
+            return drained[1]  # nothing was published since the empty read that found it
+        due = await client.script("next_due", [self._base(q) for q in queues], [])
+        return None if due is None else float(due)
+
+    # -- settling -----------------------------------------------------------------------
+
+    def _ack_args(self, deliveries: Sequence[Delivery]) -> tuple[list[bytes], list[Arg], int]:
+        """KEYS, the ack section of ARGV, and how many deliveries it names."""
+        index: dict[str, int] = {}
+        keys: list[bytes] = []
+        records = []
+        for d in deliveries:
+            parts = _receipt(d)
+            if parts is None:
+                continue
+            qi = index.get(d.message.queue)
+            if qi is None:
+                keys.append(self._base(d.message.queue))
+                qi = index[d.message.queue] = len(keys)
+            lane, eid, count = parts
+            records.append((qi, int(lane), eid, int(count)))
+        return keys, [pack(records), b""], len(records)
+
+    async def ack_many(self, deliveries: Sequence[Delivery]) -> int:
+        keys, args, count = self._ack_args(deliveries)
+        if count == 0:
+            return 0
+        return int(await self._client().script("ack", keys, args))
+
+    async def settle(
+        self,
+        deliveries: Sequence[Delivery],
+        statuses: Sequence[tuple[TaskStatus, float | None]],
+        backend: ResultBackend,
+    ) -> None:
+        """Store the statuses, then ack the deliveries, in one atomic script when the
+        backend is on this server; else one after the other."""
+        if not (statuses and deliveries and self._shares_server(backend)):
+            await super().settle(deliveries, statuses, backend)
+            return
+        assert isinstance(backend, RedisResultBackend)
+        status_args, _ = backend.status_args(statuses)
+        keys, ack_args, _ = self._ack_args(deliveries)
+        swept, _ = await self._client().script("settle", keys, [*status_args, *ack_args])
+        backend.swept(int(swept))
+
+    async def nack(
+        self, delivery: Delivery, *, requeue: bool = True, delay: float | None = None
+    ) -> bool:
+        parts = _receipt(delivery)
+        if parts is None:
+            return False
+        ready_at = self.clock.now() + (delay or 0.0)
+        done = await self._client().script(
+            "nack", [self._base(delivery.message.queue)], [*parts, int(requeue), ready_at]
+        )
+        return bool(done)
+
+    async def extend_lease(self, delivery: Delivery, seconds: float) -> bool:
+        parts = _receipt(delivery)
+        if parts is None:
+            return False
+        until = self.clock.now() + seconds
+        done = await self._client().script(
+            "extend", [self._base(delivery.message.queue)], [*parts, until]
+        )
+        return bool(done)
+
+    async def dead_letter(
+        self,
+        delivery: Delivery,
+        reason: str,
+        *,
+        error: str | None = None,
+        traceback: str | None = None,
+    ) -> bool:
+        parts = _receipt(delivery)
+        if parts is None:
+            return False
+        m = delivery.message
+        done = await self._client().script(
+            "bury",
+            [self._base(m.queue)],
+            [
+                *parts,
+                m.id,
+                m.body,
+                "" if m.eta is None else repr(m.eta),
+                reason,
+                _optional(error),
+                _optional(traceback),
+                self.clock.now(),
+            ],
+        )
+        return bool(done)
+
+    # -- dead letters -------------------------------------------------------------------
+
+    def _letter(self, queue: str, fields: dict[bytes, bytes]) -> DeadLetter:
+        def text(name: bytes) -> str | None:
+            value = fields.get(name)
+            return None if value is None else value.decode("utf-8", "replace")
+
+        eta = fields.get(b"eta")
+        return DeadLetter(
+            message=Message(
+                id=text(b"id") or "",
+                queue=queue,
+                body=fields.get(b"body", b""),
+                priority=int(fields.get(b"p", b"0")),
+                eta=None if eta is None else float(eta),
+            ),
+            reason=text(b"reason") or "",
+            error=text(b"error"),
+            traceback=text(b"tb"),
+            deliveries=int(fields.get(b"n", b"0")),
+            dead_at=float(fields.get(b"at", b"0")),
+        )
+
+    async def list_dead_letters(
+        self, queue: str, *, limit: int = 100, offset: int = 0
+    ) -> list[DeadLetter]:
+        if limit <= 0:
+            return []
+        entries = await self._client().command(
+            "XRANGE", self._base(queue) + b":dead", "-", "+", "COUNT", offset + limit
+        )
+        # redis-py answers XRANGE with (entry id, {field: value}) pairs.
+        return [self._letter(queue, fields) for _, fields in entries[offset:]]
+
+    async def get_dead_letter(self, queue: str, message_id: str) -> DeadLetter | None:
+        found = await self._client().script("dead_get", [self._base(queue)], [message_id])
+        return None if not found else self._letter(queue, _fields(found[1]))
+
+    def _selection(self, message_ids: Sequence[str] | None) -> list[list[Arg]]:
+        """The selection sections to send, one per call."""
+        if message_ids is None:
+            return [["all"]]
+        ids = list(dict.fromkeys(message_ids))
+        return [["ids", len(chunk), *chunk] for chunk in _chunks(ids, CHUNK)]
+
+    async def replay_dead_letters(
+        self,
+        queue: str,
+        message_ids: Sequence[str] | None = None,
+        *,
+        delay: float | None = None,
+        bodies: Mapping[str, bytes] | None = None,
+    ) -> int:
+        client, base = self._client(), [self._base(queue)]
+        replaced: list[Arg] = [len(bodies or {})]
+        for message_id, body in (bodies or {}).items():
+            replaced += (message_id, body)
+        total = 0
+        for selection in self._selection(message_ids):
+            while True:
+                now = self.clock.now()
+                eta: Arg = now + delay if delay else ""
+                count, more = await client.script(
+                    "dead_replay", base, [now, eta, CHUNK, *replaced, *selection]
+                )
+                total += int(count)
+                if not more:
+                    break
+        return total
+
+    async def purge_dead_letters(self, queue: str, message_ids: Sequence[str] | None = None) -> int:
+        client, base = self._client(), [self._base(queue)]
+        total = 0
+        for selection in self._selection(message_ids):
+            total += int(await client.script("dead_purge", base, [CHUNK, *selection]))
+        return total
+
+    # -- inspection ---------------------------------------------------------------------
+
+    async def queue_stats(self, queue: str) -> QueueStats:
+        pending, delayed, inflight, dead = await self._client().script(
+            "stats", [self._base(queue)], [self.clock.now()]
+        )
+        return QueueStats(
+            queue=queue, pending=pending, delayed=delayed, inflight=inflight, dead=dead
+        )
+
+    async def purge(self, queue: str) -> int:
+        client, base = self._client(), [self._base(queue)]
+        total = 0
+        while True:
+            count, more = await client.script("purge", base, [self.clock.now(), CONSUMER, CHUNK])
+            total += int(count)
+            if not more:
+                return total
+
+    async def aclose(self) -> None:
+        await self._handle.aclose()
+
+
+def _chunks(items: list[Any], size: int) -> list[list[Any]]:
+    return [items[i : i + size] for i in range(0, len(items), size)] or [[]]

@@ -1,0 +1,69 @@
+"""The Lua scripts: each is one atomic step, sent by its SHA1 (loaded again if the server lost it).
+
+The sources live in ``lua/``. A script is its libraries (files starting with ``_``)
+followed by its own file; ``_args.lua`` comes first in every script, so ARGV is read
+section after section (the statuses section, then the messages section, ...).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from importlib import resources
+
+__all__ = ["SCRIPTS", "Script"]
+
+
+@dataclass(frozen=True, slots=True)
+class Script:
+    name: str
+    source: bytes
+    sha: str
+
+
+def _read(name: str) -> str:
+    return resources.files(__package__).joinpath("lua", f"{name}.lua").read_text("utf-8")
+
+
+def _script(name: str, *libraries: str) -> Script:
+    source = "\n".join(_read(part) for part in ("_args", *libraries, name)).encode()
+    return Script(name, source, hashlib.sha1(source, usedforsecurity=False).hexdigest())
+
+
+_QUEUE = ("_queue",)
+_STATUS_AND_QUEUE = ("_status", "_queue")
+_DEAD = ("_queue", "_dead")
+
+#: Every script, by name.
+SCRIPTS: dict[str, Script] = {
+    s.name: s
+    for s in (
+        _script("publish", *_QUEUE),
+        _script("enqueue", *_STATUS_AND_QUEUE),
+        _script("settle", *_STATUS_AND_QUEUE),
+        _script("reserve", *_QUEUE),
+        _script("ack", *_QUEUE),
+        _script("nack", *_QUEUE),
+        _script("extend", *_QUEUE),
+        _script("bury", *_QUEUE),
+        _script("stats", *_QUEUE),
+        _script("next_due", *_QUEUE),
+        _script("purge", *_QUEUE),
+        _script("dead_get", *_DEAD),
+        _script("dead_replay", *_DEAD),
+        _script("dead_purge", *_DEAD),
+        _script("statuses", "_status"),
+        _script("expire", "_status"),
+        _script("group_init"),
+        _script("group_add"),
+        _script("group_get"),
+        _script("chord_claim"),
+        _script("heartbeat_set"),
+        _script("heartbeat_get"),
+        _script("lock_acquire"),
+        _script("lock_renew"),
+        _script("lock_release"),
+        _script("revoke", "_revokes"),
+        _script("revoke_list", "_revokes"),
+    )
+}

@@ -1,0 +1,2 @@
+-- KEYS: queue bases. ARGV: the ack section.
+return ack_deliveries()

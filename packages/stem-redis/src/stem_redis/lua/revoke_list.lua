@@ -1,0 +1,36 @@
+-- ARGV: now, since (a seq; '-inf' for all), then optionally one task id (get).
+-- Returns {task id, seq, entry, ...} in seq order.
+local now = nextarg()
+local since = nextarg()
+local one = nextarg()
+sweep_revokes(now, 500)
+local out = {}
+if one then
+  local seq = redis.call('ZSCORE', KEYS[2], one)
+  if seq then
+    out = {one, seq, redis.call('HGET', KEYS[1], one)}
+  end
+  return out
+end
+local low = since
+if since ~= '-inf' then
+  low = '(' .. since
+end
+local ids = redis.call('ZRANGEBYSCORE', KEYS[2], low, '+inf', 'WITHSCORES')
+if #ids == 0 then
+  return out
+end
+-- HMGET in slices: Lua's unpack() takes a few thousand values at most.
+for first = 1, #ids, 2000 do
+  local names = {}
+  for i = first, math.min(first + 1999, #ids), 2 do
+    names[#names + 1] = ids[i]
+  end
+  local entries = redis.call('HMGET', KEYS[1], unpack(names))
+  for j, name in ipairs(names) do
+    out[#out + 1] = name
+    out[#out + 1] = ids[first + 2 * j - 1]
+    out[#out + 1] = entries[j]
+  end
+end
+return out

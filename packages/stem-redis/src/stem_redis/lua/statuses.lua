@@ -1,0 +1,2 @@
+-- ARGV: the statuses section.
+return store_statuses()
