@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import subprocess
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,7 +14,7 @@ import pytest
 
 from stem.contracts import Message
 from stem_sqlite import SqliteBroker, SqliteLockStore, SqliteResultBackend
-from stem_sqlite._connection import _pool
+from stem_sqlite._connection import _begin_immediate, _pool
 
 pytestmark = pytest.mark.sqlite
 
@@ -97,3 +100,43 @@ def test_a_program_that_never_closes_its_stores_still_exits(
     result = run_python(NEVER_CLOSED, f"sqlite:///{db_path}", timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout == "done\n"
+
+
+def test_a_write_takes_the_lock_soon_after_another_connection_lets_go(tmp_path: Path) -> None:
+    # SQLite's own busy handler would sleep 1, 2, 5, 10... ms between tries; this one
+    # tries again within a millisecond, and restores the connection's busy timeout.
+    path = tmp_path / "stem.db"
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("PRAGMA journal_mode = WAL")
+    waiter = sqlite3.connect(path, isolation_level=None)
+    waiter.execute("PRAGMA busy_timeout = 30000")
+    holder.execute("BEGIN IMMEDIATE")
+    tries: list[str] = []
+    waiter.set_trace_callback(tries.append)
+    released = threading.Timer(0.1, lambda: holder.execute("ROLLBACK"))
+    released.start()
+    _begin_immediate(waiter, 30.0)
+    released.join()
+    waiter.execute("ROLLBACK")
+    waiter.set_trace_callback(None)
+    # 100 ms of waiting: a try every millisecond or so (SQLite's own handler makes 8)
+    assert tries.count("BEGIN IMMEDIATE") > 15
+    assert waiter.execute("PRAGMA busy_timeout").fetchone()[0] == 30000
+    holder.close()
+    waiter.close()
+
+
+def test_a_write_gives_up_at_the_busy_timeout(tmp_path: Path) -> None:
+    path = tmp_path / "stem.db"
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("PRAGMA journal_mode = WAL")
+    holder.execute("BEGIN IMMEDIATE")
+    waiter = sqlite3.connect(path, isolation_level=None)
+    started = time.monotonic()
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        _begin_immediate(waiter, 0.1)
+    assert time.monotonic() - started >= 0.1
+    assert waiter.execute("PRAGMA busy_timeout").fetchone()[0] == 100
+    holder.execute("ROLLBACK")
+    holder.close()
+    waiter.close()

@@ -172,6 +172,38 @@ def _is_busy(exc: BaseException) -> bool:
     )
 
 
+#: Shortest and longest pause between two tries of BEGIN IMMEDIATE while another
+#: connection writes (see _begin_immediate).
+_FIRST_PAUSE, _LONGEST_PAUSE = 50e-6, 0.001
+
+
+def _begin_immediate(conn: sqlite3.Connection, busy_timeout: float) -> None:
+    """``BEGIN IMMEDIATE``, tried again every 50 us to 1 ms while another connection
+    holds the write lock, for up to ``busy_timeout`` seconds.
+
+    SQLite's own busy handler sleeps 1, 2, 5, 10, ... ms between tries, so a waiter
+    sleeps through several of another process's short transactions: two workers on
+    one file drained barely faster than one. Its timeout is off for this statement.
+    """
+    conn.execute("PRAGMA busy_timeout = 0")
+    try:
+        pause, deadline = _FIRST_PAUSE, None
+        while True:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                now = time.monotonic()
+                if deadline is None:
+                    deadline = now + busy_timeout
+                if not _is_busy(exc) or now >= deadline:
+                    raise
+            time.sleep(pause)  # on the database thread, never the event loop
+            pause = min(pause * 2, _LONGEST_PAUSE)
+    finally:
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+
+
 def _identity(path: str) -> tuple[int, int] | None:
     """The file ``path`` names now (device, inode); None if there is none."""
     try:
@@ -418,7 +450,10 @@ class Database:
             if begin is None:
                 job.outcome = job.fn(conn, *job.args)
                 return
-            conn.execute(begin)
+            if begin == "BEGIN IMMEDIATE":
+                _begin_immediate(conn, self.busy_timeout)
+            else:
+                conn.execute(begin)
             job.outcome = job.fn(conn, *job.args)
             conn.execute("COMMIT")
         except BaseException as exc:
@@ -430,7 +465,7 @@ class Database:
         conn = self._raw
         try:
             self._prepare_raw()
-            conn.execute("BEGIN IMMEDIATE")
+            _begin_immediate(conn, self.busy_timeout)
             _run_savepoints(conn, jobs, self._failure)
             conn.execute("COMMIT")
         except BaseException as exc:
