@@ -35,14 +35,15 @@ _held: set[asyncio.Future[None]] = set()
 
 
 async def hold_thread(db: Database) -> threading.Event:
-    """Keep the database thread busy until the returned event is set (and wait until it is)."""
+    """Keep the database thread busy in a write until the returned event is set (and wait
+    until it is): small writes meanwhile queue for the thread, behind the write's lock."""
     release, busy = threading.Event(), threading.Event()
 
     def block(conn: sqlite3.Connection) -> None:
         busy.set()
         release.wait(30)
 
-    held = asyncio.ensure_future(db.run(block))
+    held = asyncio.ensure_future(db.write(block))
     _held.add(held)
     held.add_done_callback(_held.discard)
     assert await asyncio.to_thread(busy.wait, 30)
@@ -68,17 +69,58 @@ def keys(path: Path) -> list[int]:
 # -- group commit ------------------------------------------------------------------------------
 
 
-async def test_concurrent_enqueues_on_the_loop_commit_in_one_transaction(
+async def test_concurrent_enqueues_on_the_loop_commit_in_two_transactions(
     db_path: Path, traced: Traced, count_commits: Commits
 ) -> None:
+    # The first at once (it cannot know others follow), the other nine together
     broker, backend = SqliteBroker(db_path), SqliteResultBackend(db_path)
     db = await broker._db()
     with traced(db) as statements:
         await asyncio.gather(*(enqueue_one(broker, backend, f"t{i}") for i in range(10)))
-    assert count_commits(statements) == 1
-    assert sum(s.startswith("SAVEPOINT") for s in statements) == 10
+    assert count_commits(statements) == 2
+    assert sum(s.startswith("SAVEPOINT") for s in statements) == 9
     assert (await broker.queue_stats("q")).pending == 10
     assert len(await backend.list_statuses(state=TaskState.QUEUED)) == 10
+    await broker.aclose()
+    await backend.aclose()
+
+
+async def test_a_lone_producers_enqueues_commit_without_waiting_for_the_loop(
+    db_path: Path,
+) -> None:
+    broker, backend = SqliteBroker(db_path), SqliteResultBackend(db_path)
+    await enqueue_one(broker, backend, "warm")  # the connection opened
+
+    async def three_in_a_row() -> None:
+        for i in range(3):
+            await enqueue_one(broker, backend, f"t{i}")
+
+    # Driven by hand: it must finish at its first step, never suspended on the loop
+    coro = three_in_a_row()
+    with pytest.raises(StopIteration):
+        coro.send(None)
+    assert (await broker.queue_stats("q")).pending == 4
+    await broker.aclose()
+    await backend.aclose()
+
+
+async def test_a_read_on_the_thread_does_not_hold_small_writes_back(db_path: Path) -> None:
+    broker, backend = SqliteBroker(db_path), SqliteResultBackend(db_path)
+    db = await broker._db()
+    release, busy = threading.Event(), threading.Event()
+
+    def block(conn: sqlite3.Connection) -> None:
+        busy.set()
+        release.wait(30)
+
+    reading = asyncio.ensure_future(db.run(block))  # a listing, a checkpoint: no lock
+    assert await asyncio.to_thread(busy.wait, 30)
+    try:
+        await asyncio.wait_for(enqueue_one(broker, backend, "t"), 10)
+    finally:
+        release.set()
+        await reading
+    assert (await broker.queue_stats("q")).pending == 1
     await broker.aclose()
     await backend.aclose()
 
@@ -97,7 +139,7 @@ async def test_writes_queued_behind_a_busy_thread_commit_in_one_transaction(
         await asyncio.sleep(0)
         release.set()
         await asyncio.gather(*producers)
-    assert count_commits(statements) == 1
+    assert count_commits(statements) == 2  # the held write's, then all 40 together
     assert (await broker.queue_stats("q")).pending == 40
     await broker.aclose()
     await backend.aclose()
@@ -115,7 +157,7 @@ async def test_one_callers_failure_in_a_group_leaves_the_others_committed(
         await asyncio.sleep(0)
         release.set()
         outcomes = await asyncio.gather(*writes, return_exceptions=True)
-    assert count_commits(statements) == 1
+    assert count_commits(statements) == 2  # the held write's, then the group's
     assert outcomes[0] is None and outcomes[2] is None
     assert isinstance(outcomes[1], AdapterError)
     assert isinstance(outcomes[1].__cause__, sqlite3.IntegrityError)

@@ -11,8 +11,9 @@ then (see ``_wake``), which covers what this cannot: a platform without Unix
 sockets, a directory owned by another user, a socket bound after the send.
 
 A sender finds the sockets by listing the directory again when its modification time
-changes (and at least every :data:`RELIST_EVERY` seconds: that time is coarse). A
-socket whose process died refuses datagrams: the sender removes it.
+changes (read at most every :data:`CHECK_EVERY` seconds), and at least every
+:data:`RELIST_EVERY` seconds (that time is coarse). A socket whose process died
+refuses datagrams: the sender removes it.
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ from collections.abc import Callable
 __all__ = ["QUEUES", "STATUSES", "WakeBus"]
 
 QUEUES, STATUSES = "q", "s"
-#: A sender lists the sockets again at least this often (seconds).
+#: A sender looks at the directory's modification time at most this often (seconds)...
+CHECK_EVERY = 0.002
+#: ...and lists the sockets again when it changed, and at least this often.
 RELIST_EVERY = 0.5
 #: Largest datagram sent; a longer list of task ids is sent as "everything changed".
 MAX_PAYLOAD = 32 * 1024
@@ -50,6 +53,7 @@ class WakeBus:
         self._listed: dict[str, list[str]] = {QUEUES: [], STATUSES: []}
         self._listed_mtime = -1
         self._listed_at = 0.0
+        self._checked_at = -CHECK_EVERY
 
     def _ready(self) -> bool:
         if self._usable is None:
@@ -118,16 +122,19 @@ class WakeBus:
                 # Its process died without removing it.
                 with contextlib.suppress(OSError):
                     os.unlink(path)
-                self._listed_mtime = -1
+                self._listed_mtime, self._checked_at = -1, -CHECK_EVERY
             except OSError:
                 pass  # a wake-up is an optimisation: the reader's checks catch up
 
     def _targets(self, kind: str) -> list[str]:
+        now = time.monotonic()
+        if now - self._checked_at < CHECK_EVERY:
+            return self._listed[kind]
+        self._checked_at = now
         try:
             mtime = os.stat(self.directory).st_mtime_ns
         except OSError:
             return []
-        now = time.monotonic()
         if mtime != self._listed_mtime or now - self._listed_at > RELIST_EVERY:
             listed: dict[str, list[str]] = {QUEUES: [], STATUSES: []}
             try:

@@ -298,6 +298,8 @@ class Database:
         # waiting for the end of this loop turn; commits on the loop since a checkpoint.
         self._in_flight = 0
         self._turn: list[tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any]]] = []
+        # The task that committed a small write on the loop in this loop turn (see write_small).
+        self._committer: asyncio.Task[Any] | None = None
         self._loop_commits = 0
         self._closed = False
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
@@ -385,7 +387,10 @@ class Database:
         if self._closed:
             raise AdapterError(f"the SQLite database {self.path} was closed; open a new store")
         future = self._loop.create_future()
-        self._in_flight += 1
+        if kind == _WRITE:
+            # Only writes keep small writes off the loop (their lock would make the loop's
+            # BEGIN fail); a read or a PASSIVE checkpoint on the thread takes no lock.
+            self._in_flight += 1
         self._jobs.put(_Job(kind, fn, args, future))
         return future
 
@@ -432,7 +437,7 @@ class Database:
             pass
 
     def _deliver(self, jobs: list[_Job]) -> None:
-        self._in_flight -= len(jobs)
+        self._in_flight -= sum(job.kind == _WRITE for job in jobs)
         _settle(jobs)  # a future already done was cancelled by its caller
 
     def _prepare_raw(self) -> None:
@@ -507,10 +512,26 @@ class Database:
         if self._direct is None or self.synchronous != "normal" or self._in_flight:
             return await self.write(fn, *args)
         future = self._loop.create_future()
+        task = asyncio.current_task()
+        if not self._turn and self._committer in (None, task):
+            # Nobody else has written in this loop turn (a lone producer, one call after
+            # the other): commit now, without the two loop turns of waiting for the turn
+            # to end and for the future's callback. A second task writing in the same
+            # turn (a burst of concurrent enqueues) joins the turn's group commit instead.
+            if self._committer is None:
+                self._loop.call_soon(self._forget_committer)
+            self._committer = task
+            job = _Job(_WRITE, fn, args, future)
+            if not self._commit_on_loop(self._direct, [job]):
+                _chain(self._submit(_WRITE, fn, args), future)
+            return cast(T, await future)  # done already, unless it went to the thread
         if not self._turn:
             self._loop.call_soon(self._end_turn)
         self._turn.append((fn, args, future))
         return cast(T, await future)
+
+    def _forget_committer(self) -> None:
+        self._committer = None
 
     def _end_turn(self) -> None:
         """Commit this loop turn's small writes: on the loop if the lock is free, else on the thread."""

@@ -115,6 +115,9 @@ class Signals:
             weakref.WeakKeyDictionary()
         )
         self._lock = threading.Lock()
+        # The loops as a tuple, read without the lock on every change this process makes
+        # (iterating the weak dictionary cost more than the rest of a small enqueue).
+        self._snapshot: tuple[tuple[weakref.ref[asyncio.AbstractEventLoop], _LoopSignals], ...] = ()
 
     def _mine(self) -> _LoopSignals:
         loop = asyncio.get_running_loop()
@@ -122,16 +125,25 @@ class Signals:
             found = self._loops.get(loop)
             if found is None:
                 found = self._loops[loop] = _LoopSignals()
+                self._snap()
             return found
+
+    def _snap(self) -> None:
+        self._snapshot = tuple(
+            (weakref.ref(loop), signals) for loop, signals in self._loops.items()
+        )
 
     def _each(self, act: Callable[[_LoopSignals], None]) -> None:
         try:
             running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
             running = None
-        with self._lock:
-            loops = list(self._loops.items())
-        for loop, signals in loops:
+        for ref, signals in self._snapshot:
+            loop = ref()
+            if loop is None:  # collected: let its signals (and sockets) go
+                with self._lock:
+                    self._snap()
+                continue
             if loop is running:
                 act(signals)
             elif not loop.is_closed():
