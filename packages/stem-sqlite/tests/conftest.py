@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -15,6 +16,7 @@ import pytest
 from stem import FakeClock
 from stem_sqlite import SqliteBroker
 from stem_sqlite._connection import Database
+from stem_sqlite._schema import migrations
 
 
 @pytest.fixture
@@ -103,3 +105,27 @@ def commits(statements: list[str]) -> int:
 @pytest.fixture
 def count_commits() -> Callable[[list[str]], int]:
     return commits
+
+
+@contextmanager
+def _file_at_version(path: Path, version: int) -> Iterator[sqlite3.Connection]:
+    conn = sqlite3.connect(path)
+    try:
+        conn.execute(
+            "CREATE TABLE stem_schema (id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER NOT NULL)"
+        )
+        for migration in migrations()[:version]:
+            for statement in migration.statements:
+                conn.execute(statement)
+        conn.execute("INSERT INTO stem_schema (id, version) VALUES (1, ?)", (version,))
+        yield conn
+        conn.commit()
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def file_at_version() -> Callable[[Path, int], AbstractContextManager[sqlite3.Connection]]:
+    """``with file_at_version(path, 2) as conn:`` makes a file as an older Stem left it,
+    at that schema version, and lets the test put rows in it."""
+    return _file_at_version

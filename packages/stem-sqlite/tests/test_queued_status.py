@@ -7,7 +7,8 @@ own row exists, which then wins.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
@@ -15,9 +16,10 @@ import pytest
 from stem import FakeClock
 from stem.contracts import Message, TaskState, TaskStatus
 from stem_sqlite import SqliteBroker, SqliteResultBackend
-from stem_sqlite._schema import migrations
 
 pytestmark = pytest.mark.sqlite
+
+FileAtVersion = Callable[[Path, int], AbstractContextManager[sqlite3.Connection]]
 
 
 @pytest.fixture
@@ -133,16 +135,11 @@ async def test_the_status_goes_with_its_message(
     assert await backend.get_status("a") is None
 
 
-async def test_version_3_files_keep_their_queued_rows(db_path: Path, clock: FakeClock) -> None:
+async def test_version_3_files_keep_their_queued_rows(
+    db_path: Path, clock: FakeClock, file_at_version: FileAtVersion
+) -> None:
     # Given a file at schema version 3 with a queued status stored the old way
-    with sqlite3.connect(db_path) as conn:
-        conn.execute(
-            "CREATE TABLE stem_schema (id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER NOT NULL)"
-        )
-        for migration in migrations()[:3]:
-            for statement in migration.statements:
-                conn.execute(statement)
-        conn.execute("INSERT INTO stem_schema (id, version) VALUES (1, 3)")
+    with file_at_version(db_path, 3) as conn:
         conn.execute(
             "INSERT INTO stem_task_statuses (id, state, task, updated_at, version, data)"
             " VALUES ('old', 'queued', 't', 1.0, 1,"

@@ -6,6 +6,7 @@ import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,8 @@ from stem_sqlite import SCHEMA_VERSION, SqliteBroker, SqliteResultBackend, Sqlit
 from stem_sqlite._schema import migrations, split_statements
 
 pytestmark = pytest.mark.sqlite
+
+FileAtVersion = Callable[[Path, int], AbstractContextManager[sqlite3.Connection]]
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -272,15 +275,11 @@ async def test_a_failed_open_is_retried_on_the_next_use(tmp_path: Path) -> None:
     await broker.aclose()
 
 
-async def test_version_1_revocations_are_numbered_in_their_old_order(db_path: Path) -> None:
+async def test_version_1_revocations_are_numbered_in_their_old_order(
+    db_path: Path, file_at_version: FileAtVersion
+) -> None:
     # Given a file at schema version 1 holding two revocations
-    with sqlite3.connect(db_path) as conn:
-        conn.execute(
-            "CREATE TABLE stem_schema (id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER NOT NULL)"
-        )
-        for statement in migrations()[0].statements:
-            conn.execute(statement)
-        conn.execute("INSERT INTO stem_schema (id, version) VALUES (1, 1)")
+    with file_at_version(db_path, 1) as conn:
         for task_id, at in (("late", 20.0), ("early", 10.0)):
             conn.execute(
                 "INSERT INTO stem_revokes (task_id, revoked_at, expires_at, data) VALUES (?, ?, NULL, ?)",
@@ -300,16 +299,11 @@ async def test_version_1_revocations_are_numbered_in_their_old_order(db_path: Pa
     assert schema_version(db_path) == SCHEMA_VERSION
 
 
-async def test_version_2_files_get_the_lean_status_indexes(db_path: Path) -> None:
+async def test_version_2_files_get_the_lean_status_indexes(
+    db_path: Path, file_at_version: FileAtVersion
+) -> None:
     # Given a file at schema version 2 with a status in it
-    with sqlite3.connect(db_path) as conn:
-        conn.execute(
-            "CREATE TABLE stem_schema (id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER NOT NULL)"
-        )
-        for migration in migrations()[:2]:
-            for statement in migration.statements:
-                conn.execute(statement)
-        conn.execute("INSERT INTO stem_schema (id, version) VALUES (1, 2)")
+    with file_at_version(db_path, 2) as conn:
         conn.execute(
             "INSERT INTO stem_task_statuses (id, state, task, updated_at, version, data)"
             " VALUES ('t1', 'failed', 'x', 1.0, 1,"
