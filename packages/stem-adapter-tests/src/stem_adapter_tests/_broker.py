@@ -740,6 +740,145 @@ class BrokerContract(ContractSuite):
         assert await broker.ack(d) is True
         assert await self.stats(other_broker, queue) == (0, 0, 0, 0)
 
+    # -- races, fairness and limits (rules pinned down for networked brokers) --------------
+
+    async def test_a_redelivered_message_goes_before_later_ones_of_its_priority(
+        self, broker: Broker, clock: Clock, queue: str
+    ) -> None:
+        # Given a message whose holder died, and fresh messages published after it
+        first = message(queue, "first")
+        await broker.publish(first)
+        await broker.reserve([queue], 1, LEASE)
+        later = [message(queue, "later") for _ in range(3)]
+        await broker.publish_many(later)
+        await self.advance(clock, PAST)
+        # Then it is not starved behind them: it goes out first, as its publish order says
+        [again] = await broker.reserve([queue], 1, HOLD)
+        assert again.message.id == first.id and again.deliveries == 2
+        assert ids(await broker.reserve([queue], 10, HOLD)) == [m.id for m in later]
+
+    async def test_a_queue_named_later_is_served_when_the_earlier_ones_are_empty(
+        self, broker: Broker
+    ) -> None:
+        empty, busy = unique("empty"), unique("busy")
+        sent = [message(busy) for _ in range(3)]
+        await broker.publish_many(sent)
+        assert ids(await broker.reserve([empty, busy], 10, HOLD)) == [m.id for m in sent]
+
+    async def test_hundreds_of_queues_in_one_reserve(self, broker: Broker) -> None:
+        names = [unique(f"q{i}") for i in range(300)]
+        m = message(names[-1])
+        await broker.publish(m)
+        assert ids(await broker.reserve(names, 10, HOLD)) == [m.id]
+
+    async def test_a_ten_megabyte_body_round_trips(self, broker: Broker, queue: str) -> None:
+        body = bytes(range(256)) * (10 * 1024 * 1024 // 256)
+        await broker.publish(message(queue, body=body))
+        [d] = await broker.reserve([queue], 1, HOLD)
+        assert d.message.body == body
+        assert await broker.ack(d) is True
+
+    async def test_concurrent_reads_of_a_due_delayed_message_hand_it_out_once(
+        self, broker: Broker, other_broker: Broker, clock: Clock, queue: str
+    ) -> None:
+        # Both reads find it due and promote it: only one ready copy may come of that
+        await broker.publish(message(queue, eta=clock.now() + LEASE))
+        await self.advance(clock, PAST)
+        reads = await asyncio.gather(
+            *(b.reserve([queue], 10, HOLD) for b in (broker, other_broker) * 4)
+        )
+        assert sum(len(r) for r in reads) == 1
+        assert await self.stats(broker, queue) == (0, 0, 1, 0)
+
+    async def test_concurrent_replays_and_purges_act_on_each_dead_letter_once(
+        self, broker: Broker, other_broker: Broker, queue: str
+    ) -> None:
+        await broker.publish_many([message(queue) for _ in range(6)])
+        for d in await broker.reserve([queue], 6, HOLD):
+            assert await broker.dead_letter(d, "test") is True
+        replayed = await asyncio.gather(
+            broker.replay_dead_letters(queue), other_broker.replay_dead_letters(queue)
+        )
+        assert sum(replayed) == 6
+        assert await self.stats(broker, queue) == (6, 0, 0, 0)
+        for d in await broker.reserve([queue], 6, HOLD):
+            assert await broker.dead_letter(d, "test") is True
+        purged = await asyncio.gather(
+            broker.purge_dead_letters(queue), other_broker.purge_dead_letters(queue)
+        )
+        assert sum(purged) == 6
+        assert await self.stats(broker, queue) == (0, 0, 0, 0)
+
+    async def test_delivery_counts_stay_exact_across_takeovers(
+        self, broker: Broker, other_broker: Broker, clock: Clock, queue: str
+    ) -> None:
+        await broker.publish(message(queue))
+        holders = []
+        for attempt, consumer in enumerate((broker, other_broker, broker, other_broker), 1):
+            [d] = await consumer.reserve([queue], 1, LEASE)
+            assert d.deliveries == attempt
+            holders.append(d)
+            await self.advance(clock, PAST)
+        [last] = await broker.reserve([queue], 1, HOLD)
+        assert last.deliveries == 5
+        # Every earlier holder's ack fails; the current one's succeeds, once (a retried
+        # ack whose reply was lost returns False and changes nothing)
+        for stale in holders:
+            assert await other_broker.ack(stale) is False
+        assert await other_broker.ack(last) is True
+        assert await broker.ack(last) is False
+
+    async def test_a_publish_completes_while_a_consumer_waits_on_another_queue(
+        self, broker: Broker, other_broker: Broker, queue: str
+    ) -> None:
+        # A consumer blocked on its queue (on this connection or another) must not hold
+        # up a publish to another queue: a broker that blocks a shared connection would.
+        quiet = unique("quiet")
+        waiters = [
+            asyncio.ensure_future(b.wait_for_messages([quiet], 3600))
+            for b in (broker, other_broker)
+        ]
+        try:
+            await asyncio.sleep(0)
+            await asyncio.wait_for(broker.publish(message(queue)), self.wait_limit)
+            assert await broker.pending_count(queue) == 1
+            assert not any(w.done() and w.exception() for w in waiters)
+        finally:
+            for w in waiters:
+                w.cancel()
+            await asyncio.gather(*waiters, return_exceptions=True)
+
+    async def test_stats_add_up_under_concurrent_work(
+        self, broker: Broker, other_broker: Broker, clock: Clock, queue: str
+    ) -> None:
+        sent = [message(queue) for _ in range(60)]
+        delayed = [message(queue, "later", eta=clock.now() + HOLD) for _ in range(5)]
+        acked = 0
+
+        async def work(consumer: Broker, turn: int) -> None:
+            nonlocal acked
+            while batch := await consumer.reserve([queue], 4, HOLD):
+                for i, d in enumerate(batch):
+                    if (i + turn) % 3 == 0:
+                        assert await consumer.ack(d) is True
+                        acked += 1
+                    elif (i + turn) % 3 == 1:
+                        assert await consumer.dead_letter(d, "test") is True
+                    # else: kept in flight
+                await asyncio.sleep(0)
+
+        await asyncio.gather(
+            broker.publish_many(sent[:30]),
+            other_broker.publish_many(sent[30:]),
+            broker.publish_many(delayed),
+        )
+        await asyncio.gather(work(broker, 0), work(other_broker, 1))
+        pending, later, inflight, dead = await self.stats(broker, queue)
+        assert min(pending, later, inflight, dead) >= 0
+        assert (pending, later) == (0, 5)
+        assert inflight + dead + acked == 60
+        assert await self.stats(other_broker, queue) == (pending, later, inflight, dead)
+
     # -- consume --------------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
