@@ -16,7 +16,7 @@ sweeps any more.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import msgspec
@@ -294,6 +294,41 @@ class RedisResultBackend(ResultBackend):
                 return
             wait = min(timeout, self.poll_interval)
             await client.hub.wait(channels, marks, self.clock, wait)
+        finally:
+            await client.hub.release(channels)
+
+    async def watch(
+        self, task_id: str, *, timeout: float | None = None
+    ) -> AsyncIterator[TaskStatus]:
+        """Yield each new status of a task until it is final or ``timeout`` passes.
+
+        One subscription for the whole watch, taken before the first read: a status
+        written after a read moves the channel's count, so the wait after it returns at
+        once and nothing is missed. Three round trips for a task that finishes while
+        watched (subscribe, read, read the result), where the base class's loop of
+        ``get_status`` and ``wait_for_change`` takes five.
+        """
+        deadline = None if timeout is None else self.clock.monotonic() + timeout
+        client = self._client()
+        channels, _ = await client.hub.subscribe(
+            [f"{self._prefix}:changed:{task_id}".encode()], sticky=False
+        )
+        try:
+            last: TaskStatus | None = None
+            while True:
+                marks = client.hub.marks(channels)
+                status = await self.get_status(task_id)
+                if status is not None and status != last:
+                    last = status
+                    yield status
+                    if status.state.is_final:
+                        return
+                remaining = 3600.0 if deadline is None else deadline - self.clock.monotonic()
+                if remaining <= 0:
+                    return
+                await client.hub.wait(
+                    channels, marks, self.clock, min(remaining, self.poll_interval)
+                )
         finally:
             await client.hub.release(channels)
 
