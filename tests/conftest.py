@@ -8,6 +8,10 @@ Where no server can be had the tests skip, saying how to get one, or fail when
 
 ``redis_url`` gives each test a key prefix of its own (``?prefix=...``), so tests share
 a server, in parallel too, without seeing each other's keys.
+
+``redis_cluster_url`` does the same on a Redis Cluster of three primaries:
+``STEM_TEST_REDIS_CLUSTER_URL`` (``redis+cluster://host:port,...``) when set, else three
+``redis-server`` nodes started and joined for the session (one cluster per xdist worker).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ if str(TOOLS) not in sys.path:
 import redis_server  # noqa: E402  (tools/ is put on the path just above)
 
 REDIS_URL_ENV = "STEM_TEST_REDIS_URL"
+REDIS_CLUSTER_URL_ENV = "STEM_TEST_REDIS_CLUSTER_URL"
 
 
 @pytest.fixture(scope="session")
@@ -54,6 +59,47 @@ def redis_url(redis_server_url: str) -> Iterator[str]:
     yield f"{redis_server_url}{separator}prefix={prefix}"
     if os.environ.get(REDIS_URL_ENV, "").strip():
         _delete_keys(redis_server_url, prefix)  # a server we did not start: leave it clean
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_server_url() -> Iterator[str]:
+    """The ``redis+cluster://`` URL of a Redis Cluster for this session (see the module docstring)."""
+    given = os.environ.get(REDIS_CLUSTER_URL_ENV, "").strip()
+    if given:
+        yield given
+        return
+    try:
+        cluster = redis_server.start_cluster(3)
+    except redis_server.RedisServerUnavailable as exc:
+        skip_or_fail(f"no Redis Cluster: {exc}")
+    with cluster:
+        yield cluster.url
+
+
+@pytest.fixture
+def redis_cluster_url(redis_cluster_server_url: str) -> Iterator[str]:
+    """``redis_cluster_server_url`` with a key prefix of this test's own."""
+    prefix = f"test-{uuid.uuid4().hex[:12]}"
+    separator = "&" if "?" in redis_cluster_server_url else "?"
+    yield f"{redis_cluster_server_url}{separator}prefix={prefix}"
+    if os.environ.get(REDIS_CLUSTER_URL_ENV, "").strip():
+        from redis.cluster import ClusterNode, RedisCluster
+
+        from stem_redis import parse_url
+
+        options = parse_url(redis_cluster_server_url)
+        client = RedisCluster(
+            startup_nodes=[ClusterNode(host, port) for host, port in options.nodes],
+            username=options.username,
+            password=options.password,
+            ssl=options.tls,
+        )
+        try:
+            for pattern in (f"{prefix}:*", f"{{{prefix}:*"):
+                for key in list(client.scan_iter(match=pattern, count=1000)):
+                    client.unlink(key)
+        finally:
+            client.close()
 
 
 def _delete_keys(url: str, prefix: str) -> None:

@@ -11,9 +11,10 @@ Standard library only, so any script can import it (put ``tools/`` on ``sys.path
     server.stop()
 
 ``start(tls=TlsFiles(cert, key, ca))`` serves TLS only (the URL is ``rediss://``), and
-``start(cluster=True)`` starts a node with ``cluster-enabled yes`` (joining nodes into a
-cluster is the caller's business). The server is stopped with the process that started
-it (Linux), so a killed test run leaves none behind.
+``start(cluster=True)`` starts a node with ``cluster-enabled yes``; ``start_cluster(3)``
+starts three such nodes, gives each a third of the slots and joins them (its URL is
+``redis+cluster://127.0.0.1:P1,127.0.0.1:P2,127.0.0.1:P3/``). The server is stopped with
+the process that started it (Linux), so a killed test run leaves none behind.
 
 ``redis-server`` is taken from ``PATH``. When it is missing and this process runs as
 root (CI on Debian), it is installed with ``apt-get install -y redis-server``; otherwise
@@ -38,7 +39,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["RedisServer", "RedisServerUnavailable", "TlsFiles", "find_binary", "start"]
+__all__ = [
+    "RedisCluster",
+    "RedisServer",
+    "RedisServerUnavailable",
+    "TlsFiles",
+    "find_binary",
+    "start",
+    "start_cluster",
+]
 
 #: How long a server may take to answer PING after it was started.
 START_TIMEOUT = 15.0
@@ -100,6 +109,28 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+#: A cluster node also listens on its port + 10000 (the cluster bus), so its port must
+#: be at most this; the kernel's free ports go up to 60999.
+MAX_CLUSTER_PORT = 55535
+
+
+def free_cluster_port() -> int:
+    """A free port at most MAX_CLUSTER_PORT whose bus port (+ 10000) is free too."""
+    for _ in range(200):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port: int = s.getsockname()[1]
+        if port > MAX_CLUSTER_PORT:
+            continue
+        with socket.socket() as bus:
+            try:
+                bus.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+    raise RedisServerUnavailable("found no free port pair (port, port + 10000) for a cluster node")
 
 
 class RedisServer:
@@ -274,7 +305,7 @@ def start(
         directory = Path(tempfile.mkdtemp(prefix="stem-redis-"))
         server = RedisServer(
             binary,
-            port if port is not None else free_port(),
+            port if port is not None else (free_cluster_port() if cluster else free_port()),
             directory,
             appendonly=appendonly,
             tls=tls,
@@ -290,6 +321,78 @@ def start(
             continue  # the free port was taken meanwhile: try another
         return server
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+class RedisCluster:
+    """Nodes of a Redis Cluster started by :func:`start_cluster` (primaries, no replicas).
+
+    Attributes:
+        servers: the nodes, in slot order (the first holds slot 0).
+        url: ``redis+cluster://127.0.0.1:P1,127.0.0.1:P2,.../`` naming every node.
+    """
+
+    def __init__(self, servers: list[RedisServer]) -> None:
+        self.servers = servers
+        self.url = "redis+cluster://" + ",".join(f"127.0.0.1:{s.port}" for s in servers) + "/"
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.stop()
+
+    def __enter__(self) -> RedisCluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def start_cluster(nodes: int = 3) -> RedisCluster:
+    """Start ``nodes`` cluster nodes, split the 16384 slots evenly, join them, and wait
+    until every node says ``cluster_state:ok``.
+
+    Raises:
+        RedisServerUnavailable: as :func:`start`, or the cluster did not form in time.
+    """
+    servers: list[RedisServer] = []
+    try:
+        for _ in range(nodes):
+            servers.append(start(cluster=True))
+        for i, server in enumerate(servers):
+            first, last = 16384 * i // nodes, 16384 * (i + 1) // nodes - 1
+            _command(server.port, "CLUSTER", "ADDSLOTSRANGE", str(first), str(last))
+        for server in servers[1:]:
+            _command(servers[0].port, "CLUSTER", "MEET", "127.0.0.1", str(server.port))
+        deadline = time.monotonic() + START_TIMEOUT
+        while not all(b"cluster_state:ok" in _command(s.port, "CLUSTER", "INFO") for s in servers):
+            if time.monotonic() > deadline:
+                raise RedisServerUnavailable(
+                    f"the cluster of ports {[s.port for s in servers]} did not reach "
+                    f"cluster_state:ok within {START_TIMEOUT:g} s: {servers[0].log_tail()}"
+                )
+            time.sleep(0.05)
+    except BaseException:
+        for server in servers:
+            server.stop()
+        raise
+    return RedisCluster(servers)
+
+
+def _command(port: int, *args: str) -> bytes:
+    """Send one command to 127.0.0.1:port and return its raw reply (bulk or simple)."""
+    request = f"*{len(args)}\r\n" + "".join(f"${len(a.encode())}\r\n{a}\r\n" for a in args)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+        conn.sendall(request.encode())
+        reply = b""
+        while True:
+            reply += conn.recv(65536)
+            if reply.startswith(b"-"):
+                raise RedisServerUnavailable(f"{' '.join(args)} on port {port}: {reply!r}")
+            if reply.startswith(b"+") and reply.endswith(b"\r\n"):
+                return reply
+            if reply.startswith(b"$"):
+                size, _, rest = reply[1:].partition(b"\r\n")
+                if len(rest) >= int(size) + 2:
+                    return rest[: int(size)]
 
 
 def _ping(conn: socket.socket) -> bool:

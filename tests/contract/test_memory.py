@@ -4,13 +4,24 @@ from __future__ import annotations
 
 import pytest
 
-from stem import Clock
-from stem.memory import MemoryBroker, MemoryLockStore, MemoryResultBackend, MemoryRevokeStore
+from stem import Clock, FakeClock, Stem
+from stem._ratelimit import LocalRateLimiter
+from stem.memory import (
+    MemoryBroker,
+    MemoryControlChannel,
+    MemoryLockStore,
+    MemoryResultBackend,
+    MemoryRevokeStore,
+    MemoryScheduleStore,
+)
 from stem_adapter_tests import (
     BrokerContract,
+    ControlChannelContract,
     LockStoreContract,
+    RateLimiterContract,
     ResultBackendContract,
     RevokeStoreContract,
+    ScheduleStoreContract,
 )
 
 pytestmark = pytest.mark.memory
@@ -38,3 +49,58 @@ class TestMemoryRevokeStore(RevokeStoreContract):
     @pytest.fixture
     async def revokes(self, clock: Clock) -> MemoryRevokeStore:
         return MemoryRevokeStore(clock=clock)
+
+
+class TestMemoryScheduleStore(ScheduleStoreContract):
+    @pytest.fixture
+    async def schedules(self, clock: Clock) -> MemoryScheduleStore:
+        return MemoryScheduleStore(clock=clock)
+
+
+class TestLocalRateLimiter(RateLimiterContract):
+    """The per-process limiter: it declares shared=False, so the sharing tests skip."""
+
+    @pytest.fixture
+    async def limiter(self, clock: Clock) -> LocalRateLimiter:
+        return LocalRateLimiter(clock=clock)
+
+
+class TestMemoryControlChannel(ControlChannelContract):
+    @pytest.fixture
+    async def control(self, clock: Clock) -> MemoryControlChannel:
+        return MemoryControlChannel(clock=clock)
+
+    @pytest.fixture
+    async def foreign_control(self, clock: Clock) -> MemoryControlChannel:
+        return MemoryControlChannel(clock=clock)  # memory://OTHER: another channel object
+
+
+class TestMemoryAdapterWiring:
+    """What ``Stem.from_url("memory://...")`` gives, and which limiter a worker takes."""
+
+    async def test_memory_urls_give_a_control_channel_and_a_schedule_store_but_no_shared_limiter(
+        self,
+    ) -> None:
+        first, second = Stem.from_url("memory://wiring"), Stem.from_url("memory://wiring")
+        try:
+            assert isinstance(first.control_channel, MemoryControlChannel)
+            assert isinstance(first.schedule_store, MemoryScheduleStore)
+            # memory://NAME: the apps of one process share them, as they share the queues
+            assert second.control_channel is first.control_channel
+            assert second.schedule_store is first.schedule_store
+            # No limiter shared between workers: each worker keeps the limit on its own
+            assert first.rate_limiter is None
+            assert isinstance(first.worker().rate_limiter, LocalRateLimiter)
+        finally:
+            await first.aclose()
+            await second.aclose()
+
+    async def test_a_worker_takes_the_apps_limiter_unless_given_one(self) -> None:
+        clock = FakeClock()
+        shared, own = LocalRateLimiter(clock=clock), LocalRateLimiter(clock=clock)
+        app = Stem(MemoryBroker(clock=clock), clock=clock, rate_limiter=shared)
+        try:
+            assert app.worker().rate_limiter is shared
+            assert app.worker(rate_limiter=own).rate_limiter is own
+        finally:
+            await app.aclose()

@@ -8,18 +8,32 @@ concurrency tests race two clients for real.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
+import redis
 
-from stem import Clock
+from stem import Clock, FakeClock, RateLimit, Stem, SystemClock
+from stem.contracts import ControlMessage, RateLimiter
 from stem_adapter_tests import (
     BrokerContract,
+    ControlChannelContract,
     LockStoreContract,
+    RateLimiterContract,
     ResultBackendContract,
     RevokeStoreContract,
+    ScheduleStoreContract,
 )
-from stem_redis import RedisBroker, RedisLockStore, RedisResultBackend, RedisRevokeStore
+from stem_redis import (
+    RedisBroker,
+    RedisControlChannel,
+    RedisLockStore,
+    RedisRateLimiter,
+    RedisResultBackend,
+    RedisRevokeStore,
+    RedisScheduleStore,
+)
 
 pytestmark = pytest.mark.redis
 
@@ -94,3 +108,195 @@ class TestRedisRevokeStore(RevokeStoreContract):
         other = RedisRevokeStore(redis_url, clock=clock, share_connection=False)
         yield other
         await other.aclose()
+
+
+class TestRedisScheduleStore(ScheduleStoreContract):
+    @pytest.fixture
+    async def schedules(self, clock: Clock, redis_url: str) -> AsyncIterator[RedisScheduleStore]:
+        schedules = RedisScheduleStore(redis_url, clock=clock)
+        yield schedules
+        await schedules.aclose()
+
+    @pytest.fixture
+    async def other_schedules(
+        self, clock: Clock, redis_url: str
+    ) -> AsyncIterator[RedisScheduleStore]:
+        other = RedisScheduleStore(redis_url, clock=clock, share_connection=False)
+        yield other
+        await other.aclose()
+
+
+class TestRedisRateLimiter(RateLimiterContract):
+    @pytest.fixture
+    async def limiter(self, clock: Clock, redis_url: str) -> AsyncIterator[RedisRateLimiter]:
+        limiter = RedisRateLimiter(redis_url, clock=clock)
+        yield limiter
+        await limiter.aclose()
+
+    @pytest.fixture
+    async def other_limiter(self, clock: Clock, redis_url: str) -> AsyncIterator[RedisRateLimiter]:
+        other = RedisRateLimiter(redis_url, clock=clock, share_connection=False)
+        yield other
+        await other.aclose()
+
+
+class TestRedisRateLimiterOnTheServerClock(RateLimiterContract):
+    """With no clock given (production), the script reads the server's ``TIME``: the
+    suite runs in real time."""
+
+    @pytest.fixture
+    def clock(self) -> Clock:
+        return SystemClock()
+
+    @pytest.fixture
+    async def limiter(self, redis_url: str) -> AsyncIterator[RedisRateLimiter]:
+        limiter = RedisRateLimiter(redis_url)
+        assert limiter.server_clock is True
+        yield limiter
+        await limiter.aclose()
+
+    @pytest.fixture
+    async def other_limiter(self, redis_url: str) -> AsyncIterator[RedisRateLimiter]:
+        other = RedisRateLimiter(redis_url, share_connection=False)
+        yield other
+        await other.aclose()
+
+
+class TestRedisControlChannel(ControlChannelContract):
+    @pytest.fixture
+    async def control(self, clock: Clock, redis_url: str) -> AsyncIterator[RedisControlChannel]:
+        control = RedisControlChannel(redis_url, clock=clock)
+        yield control
+        await control.aclose()
+
+    @pytest.fixture
+    async def other_control(
+        self, clock: Clock, redis_url: str
+    ) -> AsyncIterator[RedisControlChannel]:
+        other = RedisControlChannel(redis_url, clock=clock, share_connection=False)
+        yield other
+        await other.aclose()
+
+    @pytest.fixture
+    async def foreign_control(
+        self, clock: Clock, redis_url: str
+    ) -> AsyncIterator[RedisControlChannel]:
+        # The same server, another app: its own prefix
+        foreign_url = redis_url.replace("prefix=", "prefix=foreign-")
+        foreign = RedisControlChannel(foreign_url, clock=clock)
+        yield foreign
+        await foreign.aclose()
+
+
+class _Bookings:
+    """The starts booked through the limiters it wraps, and by which worker."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.starts: list[tuple[int, float]] = []
+        self._changed = asyncio.Event()
+
+    def wrap(self, inner: RateLimiter, who: int) -> RateLimiter:
+        bookings = self
+
+        class Booking(RateLimiter):
+            async def reserve(self, key: str, limit: RateLimit) -> float:
+                delay = await inner.reserve(key, limit)
+                bookings.starts.append((who, bookings.clock.now() + delay))
+                bookings._changed.set()
+                return delay
+
+            async def aclose(self) -> None:
+                await inner.aclose()
+
+        return Booking()
+
+    async def until(self, count: int) -> None:
+        try:
+            async with asyncio.timeout(10):
+                while len(self.starts) < count:
+                    self._changed.clear()
+                    await self._changed.wait()
+        except TimeoutError:
+            pytest.fail(
+                f"{len(self.starts)} of {count} starts were booked through app.rate_limiter "
+                "within 10 s: do the workers use it?"
+            )
+
+
+class TestRedisRateLimitAcrossWorkers:
+    """``Stem.from_url`` takes the adapter's shared stores, and workers use its limiter."""
+
+    async def test_from_url_keeps_the_adapters_shared_stores(self, redis_url: str) -> None:
+        mine = RedisRateLimiter(redis_url)
+        app, other = Stem.from_url(redis_url), Stem.from_url(redis_url, rate_limiter=mine)
+        try:
+            assert isinstance(app.rate_limiter, RedisRateLimiter)
+            assert isinstance(app.control_channel, RedisControlChannel)
+            assert isinstance(app.schedule_store, RedisScheduleStore)
+            assert app.worker().rate_limiter is app.rate_limiter
+            assert other.rate_limiter is mine  # one passed in wins
+        finally:
+            await app.aclose()
+            await other.aclose()
+
+    async def test_two_workers_keep_one_rate_limit_between_them(self, redis_url: str) -> None:
+        clock = FakeClock()
+        # Two apps on one server, as on two machines: each has a limiter of its own
+        apps = [Stem.from_url(redis_url, clock=clock) for _ in range(2)]
+        bookings = _Bookings(clock)
+        tasks = []
+        for who, app in enumerate(apps):
+            assert isinstance(app.rate_limiter, RedisRateLimiter)
+            app.rate_limiter = bookings.wrap(app.rate_limiter, who)
+
+            @app.task(name="limited", rate_limit="5/s")
+            async def limited(i: int) -> int:
+                return i
+
+            tasks.append(limited)
+        start = clock.now()
+        try:
+            async with apps[0].worker(concurrency=5), apps[1].worker(concurrency=5):
+                refs = await apps[0].enqueue_many(tasks[0].call(i) for i in range(10))
+                # Every task books a start before the clock moves: the six due within
+                # rate_limit_hold (1 s) wait in their slots, the rest go back with an eta
+                await bookings.until(10)
+                # One limit for both: ten starts 0.2 s apart, none twice
+                starts = sorted(at - start for _, at in bookings.starts)
+                assert starts == pytest.approx([0.2 * i for i in range(10)], abs=1e-6)
+                # Six wait in slots, and a worker has five: both booked from the one limit
+                assert {who for who, _ in bookings.starts} == {0, 1}
+                clock.advance(2.0)
+                async with asyncio.timeout(10):
+                    results = [await apps[0].wait_for_task(ref) for ref in refs]
+            assert [r.value for r in results] == list(range(10))
+            assert len(bookings.starts) == 10  # a postponed task does not book again
+        finally:
+            for app in apps:
+                await app.aclose()
+
+
+class TestRedisControlChannelEntries:
+    async def test_entries_that_are_not_control_messages_are_skipped(
+        self, redis_url: str, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        control = RedisControlChannel(redis_url, clock=FakeClock())
+        reply_to = "r-1"
+        key = f"{{{control.options.prefix}:control}}:replies:{reply_to}"
+        raw = redis.Redis.from_url(redis_url.partition("?")[0])
+        first, last = (ControlMessage(id=f"m-{i}", command="pong") for i in range(2))
+        replies = control.replies(reply_to)
+        try:
+            await control.reply(reply_to, first)
+            # Written by hand between two replies: no message field, and junk in it
+            raw.xadd(key, {"colour": "blue"})
+            raw.xadd(key, {"m": b"\xff\x00 not json"})
+            await control.reply(reply_to, last)
+            assert [await anext(replies), await anext(replies)] == [first, last]
+        finally:
+            await replies.aclose()  # type: ignore[attr-defined]
+            await control.aclose()
+            raw.close()
+        skipped = [r for r in caplog.records if "not a Stem control message" in r.getMessage()]
+        assert len(skipped) == 2

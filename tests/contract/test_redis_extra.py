@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import socket
 import subprocess
 import time
 import uuid
@@ -413,14 +412,8 @@ async def test_thousands_of_revocations_and_heartbeats_are_listed(
 # -- errors ---------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def test_a_refused_connection_is_a_clear_error_without_the_password() -> None:
-    url = f"redis://app:hunter2@127.0.0.1:{free_port()}/0?connect_timeout=2"
+    url = f"redis://app:hunter2@127.0.0.1:{redis_server.free_port()}/0?connect_timeout=2"
     broker = RedisBroker(url)
     started = time.monotonic()
     try:

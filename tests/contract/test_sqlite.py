@@ -18,8 +18,15 @@ from stem_adapter_tests import (
     LockStoreContract,
     ResultBackendContract,
     RevokeStoreContract,
+    ScheduleStoreContract,
 )
-from stem_sqlite import SqliteBroker, SqliteLockStore, SqliteResultBackend, SqliteRevokeStore
+from stem_sqlite import (
+    SqliteBroker,
+    SqliteLockStore,
+    SqliteResultBackend,
+    SqliteRevokeStore,
+    SqliteScheduleStore,
+)
 
 pytestmark = pytest.mark.sqlite
 
@@ -98,5 +105,21 @@ class TestSqliteRevokeStore(RevokeStoreContract):
         self, revokes: SqliteRevokeStore, clock: Clock
     ) -> AsyncIterator[SqliteRevokeStore]:
         other = SqliteRevokeStore(revokes.path, clock=clock, share_connection=False)
+        yield other
+        await other.aclose()
+
+
+class TestSqliteScheduleStore(ScheduleStoreContract):
+    @pytest.fixture
+    async def schedules(self, clock: Clock, tmp_path: Path) -> AsyncIterator[SqliteScheduleStore]:
+        schedules = SqliteScheduleStore(tmp_path / "stem.db", clock=clock)
+        yield schedules
+        await schedules.aclose()
+
+    @pytest.fixture
+    async def other_schedules(
+        self, schedules: SqliteScheduleStore, clock: Clock
+    ) -> AsyncIterator[SqliteScheduleStore]:
+        other = SqliteScheduleStore(schedules.path, clock=clock, share_connection=False)
         yield other
         await other.aclose()

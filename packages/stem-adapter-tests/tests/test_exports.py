@@ -8,9 +8,12 @@ import stem_adapter_tests
 def test_all_is_the_public_api() -> None:
     assert sorted(stem_adapter_tests.__all__) == [
         "BrokerContract",
+        "ControlChannelContract",
         "LockStoreContract",
+        "RateLimiterContract",
         "ResultBackendContract",
         "RevokeStoreContract",
+        "ScheduleStoreContract",
         "requires",
         "skip_or_fail",
     ]
@@ -22,9 +25,12 @@ def test_suites_are_not_collected_by_themselves() -> None:
     # pytest collects classes named Test*; a suite must run only through a subclass.
     for name in (
         "BrokerContract",
+        "ControlChannelContract",
         "LockStoreContract",
+        "RateLimiterContract",
         "ResultBackendContract",
         "RevokeStoreContract",
+        "ScheduleStoreContract",
     ):
         assert not name.startswith("Test")
         assert getattr(stem_adapter_tests, name).__doc__

@@ -66,7 +66,7 @@ def test_tls_options_from_the_url() -> None:
 @pytest.mark.parametrize(
     ("url", "says"),
     [
-        ("http://u:hunter2@h/0", "not a redis:// or rediss:// URL"),
+        ("http://u:hunter2@h/0", r"not a redis://, rediss:// or redis\+cluster:// URL"),
         ("redis://u:hunter2@h:notaport/0", "malformed URL"),
         ("redis://u:hunter2@h/zero", "the database must be a number"),
         ("redis://u:hunter2@h/0/1", "the database must be a number"),

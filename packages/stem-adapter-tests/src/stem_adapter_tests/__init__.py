@@ -17,16 +17,22 @@ from __future__ import annotations
 
 from ._backend import ResultBackendContract
 from ._broker import BrokerContract
+from ._control import ControlChannelContract
 from ._locks import LockStoreContract
+from ._ratelimit import RateLimiterContract
 from ._revoke import RevokeStoreContract
+from ._schedule import ScheduleStoreContract
 from ._support import requires
 from .plugin import skip_or_fail
 
 __all__ = [
     "BrokerContract",
+    "ControlChannelContract",
     "LockStoreContract",
+    "RateLimiterContract",
     "ResultBackendContract",
     "RevokeStoreContract",
+    "ScheduleStoreContract",
     "requires",
     "skip_or_fail",
 ]

@@ -42,7 +42,9 @@ from ._task import NamedTask, Task, TaskCall, TaskContext, TaskRef, check_call_s
 from ._unique import UniqueCoordinator
 from .contracts import (
     Broker,
+    ControlChannel,
     LockStore,
+    RateLimiter,
     ResultBackend,
     RevokeStore,
     ScheduleStore,
@@ -94,6 +96,11 @@ class Stem:
         eager: run each task inline at enqueue (unit tests), through the real encoding.
         revoke_ttl: how long a revocation lasts (seconds, default a day): past it, the
             task id is forgotten, so a long-lived worker's set of revoked ids stays bounded.
+        rate_limiter: a limiter shared by every worker (``rate_limit`` then holds across
+            them); its workers use it unless given their own. None: each worker limits
+            alone. :meth:`from_url` takes it from the adapter (Redis has one).
+        control_channel: carries remote-control commands to workers and their replies;
+            :meth:`from_url` takes it from the adapter.
     """
 
     def __init__(
@@ -111,6 +118,8 @@ class Stem:
         default_queue: str = "default",
         eager: bool = False,
         revoke_ttl: float | timedelta = 86400.0,
+        rate_limiter: RateLimiter | None = None,
+        control_channel: ControlChannel | None = None,
     ) -> None:
         from .memory import MemoryLockStore, MemoryResultBackend, MemoryRevokeStore
 
@@ -129,6 +138,8 @@ class Stem:
         self.revoke_store = revoke_store or MemoryRevokeStore(clock=self.clock)
         self._workflow_store = workflow_store
         self._schedule_store = schedule_store
+        self.rate_limiter = rate_limiter
+        self.control_channel = control_channel
         self.encoders = EncoderRegistry(encoders)
         self.wire_format: WireFormat = wire_format
         self.default_queue = check_queue(default_queue)
@@ -175,6 +186,12 @@ class Stem:
         workflow_url = workflow_store or os.environ.get("STEM_WORKFLOW_URL") or backend_url
         broker_adapter, backend_adapter = get_adapter(broker_url), get_adapter(backend_url)
         workflow_adapter = get_adapter(workflow_url)
+        # Shared by every worker on the backend's store, where the adapter has them (one
+        # passed in wins)
+        if "rate_limiter" not in kwargs:
+            kwargs["rate_limiter"] = backend_adapter.rate_limiter(backend_url, clock=clock)
+        if "control_channel" not in kwargs:
+            kwargs["control_channel"] = backend_adapter.control_channel(backend_url, clock=clock)
         app = cls(
             broker_adapter.broker(broker_url, clock=clock),
             backend_adapter.result_backend(backend_url, clock=clock),
@@ -201,6 +218,7 @@ class Stem:
         self.broker, self.backend = fresh.broker, fresh.backend
         self.lock_store, self.revoke_store = fresh.lock_store, fresh.revoke_store
         self._workflow_store, self._schedule_store = fresh._workflow_store, fresh._schedule_store
+        self.rate_limiter, self.control_channel = fresh.rate_limiter, fresh.control_channel
         self.unique = UniqueCoordinator(self.lock_store)
         self.url, self.backend_url = fresh.url, fresh.backend_url
 
@@ -229,11 +247,21 @@ class Stem:
 
     async def _close_stores(self) -> None:
         stores: list[
-            Broker | ResultBackend | LockStore | RevokeStore | WorkflowStore | ScheduleStore
+            Broker
+            | ResultBackend
+            | LockStore
+            | RevokeStore
+            | WorkflowStore
+            | ScheduleStore
+            | RateLimiter
+            | ControlChannel
         ] = [self.broker, self.backend, self.lock_store, self.revoke_store]
         for lazy in (self._workflow_store, self._schedule_store):
             if isinstance(lazy, WorkflowStore | ScheduleStore):  # built, so open
                 stores.append(lazy)
+        for extra in (self.rate_limiter, self.control_channel):
+            if extra is not None:
+                stores.append(extra)
         for store in {id(store): store for store in stores}.values():  # each once
             await store.aclose()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ._clock import Clock, SystemClock
 from ._options import RateLimit
-from .contracts import RateLimiter
+from .contracts import RateLimiter, RateLimiterCapabilities
 
 __all__ = ["LocalRateLimiter"]
 
@@ -16,7 +16,13 @@ class LocalRateLimiter(RateLimiter):
     start, and spaces starts ``period / count`` apart. A burst allowance was left out
     on purpose: with one, a burst followed by the steady rate puts more than
     ``count`` starts in some windows of ``period`` seconds.
+
+    It lives in one process's memory, so each process (each worker) keeps the limit on
+    its own: ``capabilities.shared`` is False. A shared one comes from an adapter
+    (``app.rate_limiter``, Redis).
     """
+
+    capabilities = RateLimiterCapabilities(shared=False)
 
     def __init__(self, *, clock: Clock | None = None) -> None:
         self.clock: Clock = clock or SystemClock()

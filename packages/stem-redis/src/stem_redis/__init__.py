@@ -21,16 +21,22 @@ from __future__ import annotations
 from ._adapter import RedisAdapter
 from ._backend import RedisResultBackend
 from ._broker import RedisBroker
+from ._control import RedisControlChannel
+from ._ratelimit import RedisRateLimiter
+from ._schedule import RedisScheduleStore
 from ._stores import RedisLockStore, RedisRevokeStore
 from ._url import RedisOptions, mask_url, parse_url
 
 __all__ = [
     "RedisAdapter",
     "RedisBroker",
+    "RedisControlChannel",
     "RedisLockStore",
     "RedisOptions",
+    "RedisRateLimiter",
     "RedisResultBackend",
     "RedisRevokeStore",
+    "RedisScheduleStore",
     "adapter",
     "mask_url",
     "parse_url",

@@ -7,6 +7,9 @@ from stem.contracts import Adapter
 
 from ._backend import RedisResultBackend
 from ._broker import RedisBroker
+from ._control import RedisControlChannel
+from ._ratelimit import RedisRateLimiter
+from ._schedule import RedisScheduleStore
 from ._stores import RedisLockStore, RedisRevokeStore
 from ._url import parse_url
 
@@ -36,3 +39,13 @@ class RedisAdapter(Adapter):
 
     def revoke_store(self, url: str, *, clock: Clock | None = None) -> RedisRevokeStore:
         return RedisRevokeStore(parse_url(url), clock=clock)
+
+    def schedule_store(self, url: str, *, clock: Clock | None = None) -> RedisScheduleStore:
+        return RedisScheduleStore(parse_url(url), clock=clock)
+
+    def rate_limiter(self, url: str, *, clock: Clock | None = None) -> RedisRateLimiter:
+        """Shared by every worker on the server: ``rate_limit`` holds across a fleet."""
+        return RedisRateLimiter(parse_url(url), clock=clock)
+
+    def control_channel(self, url: str, *, clock: Clock | None = None) -> RedisControlChannel:
+        return RedisControlChannel(parse_url(url), clock=clock)

@@ -12,22 +12,38 @@ Expiry follows the app's clock: a status whose time is up is not returned, and i
 deleted (with its index entries) by a sweep that writers run now and then. Redis's
 own expiry is set a while later as well, so memory is freed even if no process
 sweeps any more.
+
+On Redis Cluster the statuses are spread over :data:`STATUS_TAGS` hash tags,
+``{P:status:N}``, a task going to the tag its id hashes to (CRC-32): each tag holds
+the keys ``P`` holds on one server (``{P:status:N}:task:ID``, its indexes, its
+``expiring`` set, its ``changed`` channels), so a status write is one script on one
+slot, and the tags are chosen with evenly spaced slots so the statuses spread over the
+nodes. Groups and heartbeats have hash tags of their own already.
 """
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import AsyncIterator, Sequence
+from functools import cache
 from typing import Any
 
 import msgspec
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
 from stem import Clock, DecodeError
 from stem.contracts import GroupState, ResultBackend, TaskState, TaskStatus, WorkerHeartbeat
 
-from ._client import Arg, ClientHandle, RedisClient, call_token, pack
+from ._client import Arg, ClientHandle, RedisClient, call_token, gather_all, pack
 from ._url import RedisOptions, parse_url
 
-__all__ = ["KEEP_AFTER_EXPIRY", "SWEEP_EVERY", "RedisResultBackend"]
+__all__ = [
+    "KEEP_AFTER_EXPIRY",
+    "STATUS_TAGS",
+    "SWEEP_EVERY",
+    "RedisResultBackend",
+    "status_tags",
+]
 
 #: Seconds Redis keeps an expired status (or lock, or heartbeat) after the clock's
 #: expiry, so its own expiry never runs ahead of the app's clock.
@@ -39,7 +55,29 @@ SWEEP_BATCH = 500
 #: Versions of statuses read that a backend remembers for the watches that wait next.
 SEEN_LIMIT = 10_000
 
+#: On Redis Cluster: how many hash tags the statuses are spread over (so at most this
+#: many nodes share the statuses). Part of the key layout: changing it hides the
+#: statuses stored before.
+STATUS_TAGS = 16
+
 _STATES = tuple(TaskState)
+
+
+@cache
+def status_tags(prefix: str) -> tuple[str, ...]:
+    """The :data:`STATUS_TAGS` hash tags of ``prefix``'s statuses on Redis Cluster:
+    ``{PREFIX:status:N}``, the first N whose slot falls in each of STATUS_TAGS equal
+    ranges of the 16384 slots, so that nodes holding equal ranges hold equal shares."""
+    tags: list[str | None] = [None] * STATUS_TAGS
+    missing, n = STATUS_TAGS, 0
+    while missing:
+        tag = f"{{{prefix}:status:{n}}}"
+        part = key_slot(tag.encode()) * STATUS_TAGS // REDIS_CLUSTER_HASH_SLOTS
+        if tags[part] is None:
+            tags[part] = tag
+            missing -= 1
+        n += 1
+    return tuple(t for t in tags if t is not None)
 
 
 def _plain(value: object) -> object:
@@ -109,6 +147,8 @@ class RedisResultBackend(ResultBackend):
         super().__init__(clock=clock, poll_interval=options.poll_interval)
         self._handle = ClientHandle(options, share=share_connection)
         self._prefix = options.prefix
+        self._cluster = options.cluster
+        self._tags = status_tags(options.prefix) if options.cluster else (options.prefix,)
         self._sweeper = _Sweeper(self.clock)
         # (A hash of) each status as last read by get_status, so that a watch that
         # waits next cannot miss a change made between that read and its wait (the
@@ -125,8 +165,18 @@ class RedisResultBackend(ResultBackend):
     def _client(self) -> RedisClient:
         return self._handle.get()
 
+    def _tag(self, task_id: str) -> str:
+        """What a task's status keys start with: the prefix, or on a cluster its hash tag."""
+        if not self._cluster:
+            return self._prefix
+        return self._tags[zlib.crc32(task_id.encode()) % STATUS_TAGS]
+
     def _key(self, task_id: str) -> str:
-        return f"{self._prefix}:task:{task_id}"
+        return f"{self._tag(task_id)}:task:{task_id}"
+
+    def _changed(self, task_id: str) -> bytes:
+        """The channel a status write of ``task_id`` publishes on (see lua/_status.lua)."""
+        return f"{self._tag(task_id)}:changed:{task_id}".encode()
 
     def _decode(self, value: bytes) -> TaskStatus:
         """A stored status (see the module docstring), whatever its expiry."""
@@ -154,10 +204,18 @@ class RedisResultBackend(ResultBackend):
     # -- statuses -------------------------------------------------------------------------
 
     def status_args(
-        self, statuses: Sequence[tuple[TaskStatus, float | None]]
+        self,
+        statuses: Sequence[tuple[TaskStatus, float | None]],
+        *,
+        tag: str | None = None,
+        now: float | None = None,
+        sweep: bool | None = None,
     ) -> tuple[list[Arg], float]:
-        """The statuses section of a script's ARGV (see lua/_status.lua), and its time."""
-        now = self.clock.now()
+        """The statuses section of a script's ARGV (see lua/_status.lua), and its time.
+
+        ``tag`` is what their keys start with (default: the prefix, as on one server).
+        """
+        now = self.clock.now() if now is None else now
         records = []
         data = []
         for status, ttl in statuses:
@@ -178,8 +236,10 @@ class RedisResultBackend(ResultBackend):
                     len(encoded),
                 )
             )
-        sweep = "1" if self._sweeper.due() else "0"
-        return [self._prefix, now, sweep, pack(records), b"".join(data)], now
+        if sweep is None:
+            sweep = self._sweeper.due()
+        flag = "1" if sweep else "0"
+        return [tag or self._prefix, now, flag, pack(records), b"".join(data)], now
 
     def swept(self, count: int) -> None:
         """What the sweep that :meth:`status_args` asked for deleted."""
@@ -192,8 +252,23 @@ class RedisResultBackend(ResultBackend):
         """Store several statuses in one atomic script (the worker's batched flush)."""
         if not statuses:
             return
+        if self._cluster:
+            await self._set_by_tag(statuses)
+            return
         args, _ = self.status_args(statuses)
         self.swept(int(await self._client().script("statuses", [], args)))
+
+    async def _set_by_tag(self, statuses: Sequence[tuple[TaskStatus, float | None]]) -> None:
+        """On a cluster: one script per status tag, all at once."""
+        client, now, sweep = self._client(), self.clock.now(), self._sweeper.due()
+        groups: dict[str, list[tuple[TaskStatus, float | None]]] = {}
+        for item in statuses:
+            groups.setdefault(self._tag(item[0].id), []).append(item)
+        calls = []
+        for tag, group in groups.items():
+            args, _ = self.status_args(group, tag=tag, now=now, sweep=sweep)
+            calls.append(client.script("statuses", [tag], args))
+        self.swept(max(int(swept) for swept in await gather_all(calls)))
 
     async def get_status(self, task_id: str) -> TaskStatus | None:
         value = await self._client().command("GET", self._key(task_id))
@@ -206,7 +281,7 @@ class RedisResultBackend(ResultBackend):
     async def get_statuses(self, task_ids: Sequence[str]) -> dict[str, TaskStatus]:
         if not task_ids:
             return {}
-        values = await self._client().command("MGET", *(self._key(t) for t in task_ids))
+        values = await self._get_many([self._key(t) for t in task_ids])
         now = self.clock.now()
         found = {}
         for task_id, value in zip(task_ids, values, strict=True):
@@ -215,6 +290,13 @@ class RedisResultBackend(ResultBackend):
                 found[task_id] = status
         return found
 
+    async def _get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        """GET of each key: one MGET, or on a cluster (keys on many slots) a pipeline."""
+        if not self._cluster:
+            values: list[bytes | None] = await self._client().command("MGET", *keys)
+            return values
+        return await self._client().commands([("GET", key) for key in keys])
+
     async def list_statuses(
         self, *, state: TaskState | None = None, task: str | None = None, limit: int = 100
     ) -> list[TaskStatus]:
@@ -222,14 +304,21 @@ class RedisResultBackend(ResultBackend):
             return []
         client = self._client()
         states = _STATES if state is None else (state,)
+        # Per tag (on one server, just the prefix): the task names it has statuses of.
+        names: dict[str, list[str]]
         if task is not None:
-            names = [task]
+            names = {tag: [task] for tag in self._tags}
         else:
-            members = await client.command("SMEMBERS", f"{self._prefix}:task-names")
-            names = sorted(m.decode() for m in members)
+            replies = await client.commands([("SMEMBERS", f"{t}:task-names") for t in self._tags])
+            names = {
+                tag: sorted(m.decode() for m in members)
+                for tag, members in zip(self._tags, replies, strict=True)
+            }
         # One index per state and task name: a status write touches one, and listing
         # by state alone merges those of every task name (there are few of them).
-        indexes = [f"{self._prefix}:statuses:{s}:{n}" for s in states for n in names]
+        indexes = [
+            f"{tag}:statuses:{s}:{n}" for tag, ns in names.items() for s in states for n in ns
+        ]
         if not indexes:
             return []
         read: dict[bytes, TaskStatus | None] = {}
@@ -251,9 +340,7 @@ class RedisResultBackend(ResultBackend):
             candidates = [c for c in candidates if c[0] >= boundary]
             unread = [c for c in candidates if c[1] not in read]
             if unread:
-                values = await client.command(
-                    "MGET", *(f"{self._prefix}:task:{tid.decode()}" for _, tid, _ in unread)
-                )
+                values = await self._get_many([self._key(tid.decode()) for _, tid, _ in unread])
                 now = self.clock.now()
                 stale: list[tuple[str, str, bytes]] = []
                 for (_, tid, index), value in zip(unread, values, strict=True):
@@ -270,8 +357,11 @@ class RedisResultBackend(ResultBackend):
 
     async def expire(self, task_id: str, ttl: float) -> bool:
         now = self.clock.now()
+        tag = self._tag(task_id)
         done = await self._client().script(
-            "expire", [], [self._prefix, task_id, now, repr(now + ttl), keep_ms(ttl)]
+            "expire",
+            [tag] if self._cluster else [],
+            [tag, task_id, now, repr(now + ttl), keep_ms(ttl)],
         )
         return bool(done)
 
@@ -282,9 +372,7 @@ class RedisResultBackend(ResultBackend):
         caller's last ``get_status`` and this wait is found by comparing what it read.
         """
         client = self._client()
-        channels, _ = await client.hub.subscribe(
-            [f"{self._prefix}:changed:{task_id}".encode()], sticky=False
-        )
+        channels, _ = await client.hub.subscribe([self._changed(task_id)], sticky=False)
         try:
             marks = client.hub.marks(channels)
             known = task_id in self._seen
@@ -310,9 +398,7 @@ class RedisResultBackend(ResultBackend):
         """
         deadline = None if timeout is None else self.clock.monotonic() + timeout
         client = self._client()
-        channels, _ = await client.hub.subscribe(
-            [f"{self._prefix}:changed:{task_id}".encode()], sticky=False
-        )
+        channels, _ = await client.hub.subscribe([self._changed(task_id)], sticky=False)
         try:
             last: TaskStatus | None = None
             while True:

@@ -8,6 +8,13 @@ whose lease ran out (``XCLAIM``: the entry is not copied), then reads new entrie
 then a trim up to the oldest entry still pending or unread (``XTRIM MINID``), so a
 stream holds its unacknowledged messages and a few acked ones, and the length bound
 never drops a message not yet acknowledged.
+
+On Redis Cluster (``redis+cluster://``) a queue lives on the node that owns its hash
+tag's slot, and a call that names several queues is split by slot: a publish or an ack
+of several queues sends one script per slot, all at once; a reserve of several queues
+calls them one slot after the other, in the order given, until it has enough; enqueue
+and settle write the statuses first, then publish or ack (two round trips instead of one,
+as the result backend's keys are on other slots: see ``_backend.py``).
 """
 
 from __future__ import annotations
@@ -15,6 +22,8 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+from redis.crc import key_slot
 
 from stem import Clock
 from stem.contracts import (
@@ -31,7 +40,7 @@ from stem.contracts import (
 )
 
 from ._backend import RedisResultBackend
-from ._client import Arg, ClientHandle, RedisClient, call_token, pack
+from ._client import Arg, ClientHandle, RedisClient, call_token, gather_all, pack
 from ._url import RedisOptions, parse_url
 
 __all__ = ["RedisBroker"]
@@ -133,6 +142,8 @@ class RedisBroker(Broker):
         super().__init__(clock=clock, poll_interval=options.poll_interval)
         self._handle = ClientHandle(options, share=share_connection)
         self._bases: dict[str, bytes] = {}
+        self._cluster = options.cluster
+        self._slots: dict[str, int] = {}
         # Per set of queues: the wake channels' counts noted before the last reserve,
         # and the next due time that reserve found (when it found nothing ready).
         self._drained: dict[tuple[str, ...], tuple[tuple[int, ...], float | None]] = {}
@@ -152,6 +163,20 @@ class RedisBroker(Broker):
         if base is None:
             base = self._bases[queue] = queue_base(self.options.prefix, queue)
         return base
+
+    def _slot(self, queue: str) -> int:
+        """The Redis Cluster hash slot of every key of ``queue``."""
+        slot = self._slots.get(queue)
+        if slot is None:
+            slot = self._slots[queue] = key_slot(self._base(queue))
+        return slot
+
+    def _by_slot(self, queues: Sequence[str]) -> list[list[int]]:
+        """Indexes into ``queues``, grouped by slot (a script's keys must share one)."""
+        groups: dict[int, list[int]] = {}
+        for i, queue in enumerate(queues):
+            groups.setdefault(self._slot(queue), []).append(i)
+        return list(groups.values())
 
     def _shares_server(self, store: object) -> bool:
         return isinstance(store, RedisResultBackend) and store.options.server == self.options.server
@@ -179,8 +204,21 @@ class RedisBroker(Broker):
     async def publish_many(self, messages: Sequence[Message]) -> None:
         if not messages:
             return
+        if self._cluster:
+            await self._publish_by_slot(messages)
+            return
         keys, args = self._message_args(messages, self.clock.now())
         await self._client().script("publish", keys, [call_token(), *args])
+
+    async def _publish_by_slot(self, messages: Sequence[Message]) -> None:
+        """One publish script per slot, all at once (each queue keeps its order)."""
+        client, now = self._client(), self.clock.now()
+        groups = self._by_slot([m.queue for m in messages])
+        calls = []
+        for group in groups:
+            keys, args = self._message_args([messages[i] for i in group], now)
+            calls.append(client.script("publish", keys, [call_token(), *args]))
+        await gather_all(calls)
 
     async def enqueue(
         self,
@@ -192,8 +230,9 @@ class RedisBroker(Broker):
         locks: LockStore | None = None,
     ) -> list[str | None]:
         """Statuses and messages in one atomic script (one round trip) when the backend is
-        on this server; with unique claims, the base class's steps."""
-        if any(c is not None for c in claims) or not messages or not statuses:
+        on this server; with unique claims, or on a cluster (where a task's status is not
+        in its queue's slot), the base class's steps: statuses, then messages."""
+        if self._cluster or any(c is not None for c in claims) or not messages or not statuses:
             return await super().enqueue(messages, statuses, backend, claims=claims, locks=locks)
         if not self._shares_server(backend):
             return await super().enqueue(messages, statuses, backend, claims=claims, locks=locks)
@@ -229,9 +268,12 @@ class RedisBroker(Broker):
             now = self.clock.now()
             until = now + lease
             want = min(limit - len(out), RESERVE_CHUNK)
-            raw, due = await client.script(
-                "reserve", keys, [now, want, until, CONSUMER, PROMOTE_CAP]
-            )
+            if self._cluster:
+                raw, due = await self._reserve_by_slot(client, queues, keys, now, want, until)
+            else:
+                raw, due = await client.script(
+                    "reserve", keys, [now, want, until, CONSUMER, PROMOTE_CAP]
+                )
             malformed = 0
             for qi, lane, eid, count, flat in raw:
                 queue = queues[qi - 1]
@@ -260,6 +302,35 @@ class RedisBroker(Broker):
             if not malformed and len(out) >= limit:
                 break
         return out
+
+    async def _reserve_by_slot(
+        self,
+        client: RedisClient,
+        queues: Sequence[str],
+        keys: list[bytes],
+        now: float,
+        want: int,
+        until: float,
+    ) -> tuple[list[Any], float | None]:
+        """The reserve script once per run of consecutive queues sharing a slot, in the
+        order given, until ``want`` are found: a later queue is read only when the earlier
+        ones did not fill the batch. Replies as the script's, indexes into all ``queues``."""
+        raw: list[Any] = []
+        due: float | None = None
+        start = 0
+        while start < len(queues) and len(raw) < want:
+            end = start + 1
+            slot = self._slot(queues[start])
+            while end < len(queues) and self._slot(queues[end]) == slot:
+                end += 1
+            found, found_due = await client.script(
+                "reserve", keys[start:end], [now, want - len(raw), until, CONSUMER, PROMOTE_CAP]
+            )
+            raw += [(qi + start, *rest) for qi, *rest in found]
+            if found_due is not None and (due is None or float(found_due) < due):
+                due = float(found_due)
+            start = end
+        return raw, None if raw else due
 
     async def _bury_malformed(
         self, queue: str, lane: int, eid: str, count: int, fields: dict[bytes, bytes], why: str
@@ -310,6 +381,12 @@ class RedisBroker(Broker):
         drained = self._drained.get(tuple(queues))
         if drained is not None and drained[0] == self._marks(client, queues):
             return drained[1]  # nothing was published since the empty read that found it
+        if self._cluster:
+            dues = await gather_all(
+                client.script("next_due", [self._base(queues[i]) for i in group], [])
+                for group in self._by_slot(queues)
+            )
+            return min((float(d) for d in dues if d is not None), default=None)
         due = await client.script("next_due", [self._base(q) for q in queues], [])
         return None if due is None else float(due)
 
@@ -333,10 +410,22 @@ class RedisBroker(Broker):
         return keys, [pack(records), b""], len(records)
 
     async def ack_many(self, deliveries: Sequence[Delivery]) -> int:
+        if self._cluster:
+            return await self._ack_by_slot(deliveries)
         keys, args, count = self._ack_args(deliveries)
         if count == 0:
             return 0
         return int(await self._client().script("ack", keys, args))
+
+    async def _ack_by_slot(self, deliveries: Sequence[Delivery]) -> int:
+        """One ack script per slot, all at once."""
+        client = self._client()
+        calls = []
+        for group in self._by_slot([d.message.queue for d in deliveries]):
+            keys, args, count = self._ack_args([deliveries[i] for i in group])
+            if count:
+                calls.append(client.script("ack", keys, args))
+        return sum(int(acked) for acked in await gather_all(calls))
 
     async def settle(
         self,
@@ -345,8 +434,8 @@ class RedisBroker(Broker):
         backend: ResultBackend,
     ) -> None:
         """Store the statuses, then ack the deliveries, in one atomic script when the
-        backend is on this server; else one after the other."""
-        if not (statuses and deliveries and self._shares_server(backend)):
+        backend is on this server; else (and on a cluster) one after the other."""
+        if self._cluster or not (statuses and deliveries and self._shares_server(backend)):
             await super().settle(deliveries, statuses, backend)
             return
         assert isinstance(backend, RedisResultBackend)

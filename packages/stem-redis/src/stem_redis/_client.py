@@ -3,6 +3,10 @@
 Every store built from URLs naming the same server with the same connection settings
 shares one :class:`RedisClient` in each event loop (redis-py's asyncio connections
 belong to the loop that opened them). Nothing connects until the first command.
+
+With ``redis+cluster://`` the client is redis-py's ``RedisCluster``: it routes each
+command (a script by its first key) to the node that owns the key's slot, and follows
+the cluster when slots move. Callers keep every key of one call in one slot.
 """
 
 from __future__ import annotations
@@ -11,11 +15,12 @@ import asyncio
 import secrets
 import threading
 import weakref
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 import msgspec
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import Connection, SSLConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -24,18 +29,21 @@ from redis.exceptions import (
     AuthorizationError,
     MaxConnectionsError,
     NoScriptError,
+    RedisClusterException,
     RedisError,
 )
 from redis.exceptions import (
     ConnectionError as RedisConnectionError,
 )
 
+from stem import AdapterError
+
 from ._errors import translate
-from ._notify import Hub
-from ._scripts import SCRIPTS
+from ._notify import Hub, ShardedHub
+from ._scripts import CLUSTER_SCRIPTS, SCRIPTS, Script
 from ._url import RedisOptions
 
-__all__ = ["Arg", "ClientHandle", "RedisClient", "call_token", "pack"]
+__all__ = ["Arg", "ClientHandle", "RedisClient", "call_token", "gather_all", "pack"]
 
 Arg = bytes | str | int | float
 
@@ -44,10 +52,11 @@ pack = msgspec.msgpack.Encoder().encode
 
 
 class RedisClient:
-    """A connection pool and a pub/sub hub for one server, in one event loop."""
+    """A connection pool and a pub/sub hub for one server (or one cluster), in one event loop."""
 
     def __init__(self, options: RedisOptions) -> None:
         self.options = options
+        self.cluster: RedisCluster | None = None
         kwargs: dict[str, Any] = {
             "host": options.host,
             "port": options.port,
@@ -74,6 +83,7 @@ class RedisClient:
                     else options.ssl_cert_reqs != "none"
                 ),
             )
+        self._kwargs = kwargs
         self.pool = BlockingConnectionPool(
             max_connections=options.pool_size,
             timeout=options.connect_timeout + options.socket_timeout,
@@ -83,14 +93,65 @@ class RedisClient:
         self.redis = Redis(connection_pool=self.pool)
         # redis-py leaves execute_command untyped: give it a type once, here.
         self._execute: Callable[..., Awaitable[Any]] = self.redis.execute_command
-        self.hub = Hub(self.redis, options)
+        self._scripts = SCRIPTS
+        self.hub: Hub | ShardedHub
+        if options.cluster:
+            self._start_cluster(options, kwargs)
+        else:
+            self.hub = Hub(self.redis, options)
+
+    def _start_cluster(self, options: RedisOptions, kwargs: dict[str, Any]) -> None:
+        """Talk to a Redis Cluster instead: ``self.redis`` stays unused (it never connects)."""
+        cluster_kwargs = {
+            k: v for k, v in kwargs.items() if k not in ("host", "port", "db", "retry")
+        }
+        if options.tls:
+            cluster_kwargs["ssl"] = True
+        self.cluster = RedisCluster(
+            startup_nodes=[ClusterNode(host, port) for host, port in options.nodes],
+            # Each node's pool raises at once when it is full instead of waiting, so a
+            # semaphore bounds the commands in flight (see _cluster_call) to pool_size.
+            max_connections=options.pool_size,
+            # One more try after the cluster client refreshed its map of the slots (a node
+            # failed over, say), as _once_more allows on one server: Stem's calls are safe
+            # to send twice.
+            retry=Retry(NoBackoff(), 1),
+            **cluster_kwargs,
+        )
+        self._in_flight = asyncio.Semaphore(options.pool_size)
+        self._mapped = False
+        self._mapping = asyncio.Lock()
+        self._execute = self.cluster.execute_command
+        self._scripts = CLUSTER_SCRIPTS
+        self.hub = ShardedHub(self.cluster, options, self._node_client, self._map_cluster)
+
+    def _node_client(self, host: str, port: int) -> Redis:
+        """A client for one node of the cluster (its pub/sub connection)."""
+        kwargs = {**self._kwargs, "host": host, "port": port}
+        pool = BlockingConnectionPool(
+            max_connections=2,
+            timeout=self.options.connect_timeout + self.options.socket_timeout,
+            connection_class=SSLConnection if self.options.tls else Connection,
+            **kwargs,
+        )
+        return Redis(connection_pool=pool)
+
+    def _script(self, name: str) -> Script:
+        found = self._scripts.get(name)
+        if found is None:  # a script added to SCRIPTS after this module was imported
+            found = self._scripts[name] = SCRIPTS[name].for_cluster()
+        return found
 
     def __repr__(self) -> str:
         return f"RedisClient({self.options.masked_url!r})"
 
     async def script(self, name: str, keys: Sequence[Arg], args: Sequence[Arg]) -> Any:
-        """Run one of :data:`SCRIPTS` atomically; loads it first if the server lacks it."""
-        script = SCRIPTS[name]
+        """Run one of :data:`SCRIPTS` atomically; loads it first if the server lacks it.
+
+        On a cluster every key must be in one slot: the script runs on its node.
+        """
+        script = self._script(name)
+        load = ("SCRIPT", "LOAD") if self.cluster is None else ("SCRIPT LOAD",)
 
         async def run() -> Any:
             try:
@@ -98,7 +159,7 @@ class RedisClient:
             except NoScriptError:
                 # The server restarted or its script cache was flushed. NOSCRIPT means
                 # nothing ran, so loading and running it again is safe.
-                await self._execute("SCRIPT", "LOAD", script.source)
+                await self._execute(*load, script.source)  # on a cluster: on every primary
                 return await self._execute("EVALSHA", script.sha, len(keys), *keys, *args)
 
         return await self._once_more(run)
@@ -113,7 +174,9 @@ class RedisClient:
             return []
 
         async def run() -> list[Any]:
-            async with self.redis.pipeline(transaction=False) as pipe:
+            # On a cluster, the pipeline sends each node its commands, all nodes at once.
+            pipeline = self.redis.pipeline if self.cluster is None else self.cluster.pipeline
+            async with pipeline(transaction=False) as pipe:
                 for call in calls:
                     pipe.execute_command(*call)
                 return list(await pipe.execute())
@@ -130,7 +193,12 @@ class RedisClient:
         state when run twice (an ack run twice answers False the second time), and the
         publishes and chord claims, which carry a token so that a second run of a call
         whose first run went through (its reply lost) changes nothing.
+
+        On a cluster, the cluster client does that one retry itself (after refreshing its
+        map of the slots), and also follows MOVED and ASK redirections.
         """
+        if self.cluster is not None:
+            return await self._cluster_call(run)
         try:
             return await run()
         except RedisError as exc:
@@ -142,8 +210,42 @@ class RedisClient:
         except RedisError as exc:
             raise translate(exc, self.options) from exc
 
+    async def _cluster_call(self, run: Callable[[], Awaitable[Any]]) -> Any:
+        limit = self.options.connect_timeout + self.options.socket_timeout
+        try:
+            async with asyncio.timeout(limit):
+                await self._in_flight.acquire()
+        except TimeoutError:
+            raise AdapterError(
+                f"all {self.options.pool_size} connections to the Redis Cluster at "
+                f"{self.options.masked_url} stayed busy for {limit:g} s: raise ?pool_size=N "
+                "in the URL, or make fewer calls at once"
+            ) from None
+        try:
+            if not self._mapped:
+                await self._map_cluster()
+            return await run()
+        except (RedisError, RedisClusterException) as exc:
+            raise translate(exc, self.options) from exc
+        finally:
+            self._in_flight.release()
+
+    async def _map_cluster(self) -> None:
+        """Learn the cluster's slots once, before the first command: redis-py 8.1 lets
+        concurrent first commands each start that, and one of them may then find its
+        connection closed under it (AttributeError on ``writelines``)."""
+        assert self.cluster is not None
+        if self._mapped:
+            return
+        async with self._mapping:
+            if not self._mapped:
+                await self.cluster.initialize()
+                self._mapped = True
+
     async def aclose(self) -> None:
         await self.hub.aclose()
+        if self.cluster is not None:
+            await self.cluster.aclose()
         await self.redis.aclose()
         await self.pool.disconnect()
 
@@ -153,6 +255,17 @@ def _broken(exc: RedisError) -> bool:
     return isinstance(exc, RedisConnectionError) and not isinstance(
         exc, AuthenticationError | AuthorizationError | MaxConnectionsError
     )
+
+
+async def gather_all(calls: Iterable[Awaitable[Any]]) -> list[Any]:
+    """Run calls at once (on a cluster, each goes to its own node) and return their
+    results; the first error is raised once every call has finished, so none is left
+    running unobserved."""
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return results
 
 
 def call_token() -> str:

@@ -41,7 +41,17 @@ def translate(exc: Exception, options: RedisOptions) -> AdapterError:
             f"({text}): is it overloaded or unreachable? Raise ?socket_timeout=SECONDS in the "
             "URL if slow replies are expected"
         )
-    if isinstance(exc, rx.ConnectionError):
+    if _says(text, "Cluster mode is not enabled", "cluster support disabled"):
+        return AdapterError(
+            f"the Redis server at {where} is not a Redis Cluster node: use redis:// (or "
+            "rediss://) for a single server, redis+cluster:// for the nodes of a cluster"
+        )
+    if not options.cluster and isinstance(exc, rx.AskError):  # MOVED or ASK: a cluster node
+        return AdapterError(
+            f"the Redis server at {where} is a node of a Redis Cluster ({text}): use "
+            "redis+cluster://host:port[,host:port...] (rediss+cluster:// for TLS) instead"
+        )
+    if isinstance(exc, rx.ConnectionError) or _says(text, "Redis Cluster cannot be connected"):
         return AdapterError(
             f"cannot reach the Redis server at {where} ({text}): check that it is running and "
             "that host, port and TLS (rediss://) are right"

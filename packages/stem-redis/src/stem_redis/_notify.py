@@ -7,6 +7,11 @@ before it reads, and a wait returns at once if the count moved since (see
 :meth:`Hub.wait`). When the subscriber connection drops, every count moves (waiters
 read again) and the channels are subscribed again once it is back, so a wake-up lost
 in an outage costs at most one read, never a hang.
+
+On Redis Cluster, the scripts ``SPUBLISH`` instead (sharded pub/sub: a channel lives on
+the slot of its hash tag, so a queue's wake-ups stay on the queue's node instead of being
+broadcast to every node), and :class:`ShardedHub` holds one :class:`Hub` per node,
+subscribing each channel on the node that owns its slot.
 """
 
 from __future__ import annotations
@@ -19,7 +24,9 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
-from redis.exceptions import RedisError
+from redis.asyncio.cluster import RedisCluster
+from redis.crc import key_slot
+from redis.exceptions import RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from stem import Clock
@@ -27,7 +34,7 @@ from stem import Clock
 from ._errors import translate
 from ._url import RedisOptions
 
-__all__ = ["Channel", "Hub"]
+__all__ = ["Channel", "Hub", "ShardedHub"]
 
 log = logging.getLogger("stem.redis")
 
@@ -53,16 +60,37 @@ class Channel:
                 fut.set_result(None)
 
 
-class Hub:
-    """The subscriber connection of one client, shared by every waiter of its stores."""
+def _by_slot(names: Sequence[bytes]) -> list[list[bytes]]:
+    """``names`` grouped by hash slot: one SSUBSCRIBE may name channels of one slot only."""
+    groups: dict[int, list[bytes]] = {}
+    for name in names:
+        groups.setdefault(key_slot(name), []).append(name)
+    return list(groups.values())
 
-    def __init__(self, redis: Redis, options: RedisOptions) -> None:
+
+class Hub:
+    """The subscriber connection of one client, shared by every waiter of its stores.
+
+    With ``sharded``, it is the connection to one Redis Cluster node, and subscribes
+    with ``SSUBSCRIBE`` (see :class:`ShardedHub`).
+    """
+
+    def __init__(self, redis: Redis, options: RedisOptions, *, sharded: bool = False) -> None:
         self._redis = redis
         self._options = options
+        self._sharded = sharded
         self._pubsub: PubSub | None = None
         self._channels: dict[bytes, Channel] = {}
         self._reader: asyncio.Task[None] | None = None
         self._outage = False
+        # One (un)subscribe command at a time: redis-py's PubSub takes a connection on
+        # its first command, and two first commands at once would each take one, with
+        # the reader listening on only one of them. FIFO, so commands go out in call order.
+        self._sending = asyncio.Lock()
+
+    def holds(self, name: bytes) -> bool:
+        """Whether ``name`` is subscribed (or being subscribed) here."""
+        return name in self._channels
 
     def channel(self, name: bytes) -> Channel | None:
         """The channel if subscribed (and confirmed), else None."""
@@ -87,9 +115,14 @@ class Hub:
             channel.refs += 1
         try:
             if new:
-                if self._pubsub is None:
-                    self._pubsub = self._redis.pubsub()
-                await self._pubsub.subscribe(*new)
+                async with self._sending:
+                    if self._pubsub is None:
+                        self._pubsub = self._redis.pubsub()
+                    if self._sharded:
+                        for group in _by_slot(new):
+                            await self._pubsub.ssubscribe(*group)
+                    else:
+                        await self._pubsub.subscribe(*new)
                 if self._reader is None or self._reader.done():
                     self._reader = asyncio.ensure_future(self._read())
             pending = [c.confirmed.wait() for c in channels if not c.confirmed.is_set()]
@@ -123,17 +156,26 @@ class Hub:
                 del self._channels[channel.name]
                 gone.append(channel.name)
         if gone and self._pubsub is not None:
-            # Sent before any later SUBSCRIBE of the same name (nothing yields before
-            # the write), so the server's subscriptions end up as ours.
-            with contextlib.suppress(RedisError, OSError):
-                await self._pubsub.unsubscribe(*gone)
+            # Sent before any later SUBSCRIBE of the same name (the lock is first come,
+            # first served), so the server's subscriptions end up as ours.
+            async with self._sending:
+                pubsub: PubSub | None = self._pubsub  # (closed while the lock was awaited?)
+                if pubsub is None:
+                    return
+                with contextlib.suppress(RedisError, OSError):
+                    if self._sharded:
+                        for group in _by_slot(gone):
+                            await pubsub.sunsubscribe(*group)
+                    else:
+                        await pubsub.unsubscribe(*gone)
 
     @staticmethod
     def marks(channels: Sequence[Channel]) -> tuple[int, ...]:
         return tuple(c.count for c in channels)
 
+    @staticmethod
     async def wait(
-        self, channels: Sequence[Channel], marks: Sequence[int], clock: Clock, timeout: float
+        channels: Sequence[Channel], marks: Sequence[int], clock: Clock, timeout: float
     ) -> None:
         """Return when any channel got a message since ``marks``, or after ``timeout``."""
         if any(c.count != m for c, m in zip(channels, marks, strict=True)):
@@ -162,6 +204,9 @@ class Hub:
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError, RuntimeError) as exc:
+                if self._sharded:
+                    await self._node_lost(exc)
+                    return
                 if not self._outage:
                     self._outage = True
                     log.warning(
@@ -186,13 +231,40 @@ class Hub:
             if found is None:
                 continue
             kind = message["type"]
-            if kind == "message":
+            if kind in ("message", "smessage"):
                 found.bump()
-            elif kind == "subscribe":
+            elif kind in ("subscribe", "ssubscribe"):
                 if found.confirmed.is_set():
                     found.bump()  # subscribed again after a reconnect
                 else:
                     found.confirmed.set()
+            elif kind == "sunsubscribe" and found.confirmed.is_set():
+                # Not ours (a release removes the channel before it unsubscribes): the
+                # node gave the channel's slot to another node. Forget the channel, so
+                # the next subscription goes to the slot's new owner, and wake its waiters.
+                del self._channels[found.name]
+                pubsub.shard_channels.pop(found.name, None)
+                found.bump()
+
+    async def _node_lost(self, exc: Exception) -> None:
+        """The connection to a cluster node broke: forget every channel, so the next
+        subscriptions go to whichever node owns their slots by then (after a failover,
+        another one), and wake every waiter to read again."""
+        log.warning(
+            "lost the pub/sub connection to a Redis Cluster node of %s (%s); waiters read "
+            "again and subscribe anew",
+            self._options.masked_url,
+            translate(exc, self._options) if isinstance(exc, RedisError) else exc,
+        )
+        channels, self._channels = self._channels, {}
+        pubsub, self._pubsub = self._pubsub, None
+        self._reader = None
+        for channel in channels.values():
+            channel.bump()
+        if pubsub is not None:
+            close: Callable[[], Awaitable[None]] = pubsub.aclose
+            with contextlib.suppress(RedisError, OSError, RuntimeError):
+                await close()
 
     async def aclose(self) -> None:
         reader, self._reader = self._reader, None
@@ -208,3 +280,96 @@ class Hub:
         for channel in self._channels.values():
             channel.bump()
         self._channels.clear()
+
+
+class ShardedHub:
+    """Wake-ups on a Redis Cluster: one :class:`Hub` per node, each channel subscribed
+    (``SSUBSCRIBE``) on the node that owns its slot. Same interface as :class:`Hub`.
+
+    Args:
+        cluster: the cluster client, whose view of the slots routes each channel.
+        options: for error messages and timeouts.
+        node_client: a client for one node (host, port), with the URL's credentials.
+        mapped: makes sure the cluster client knows the slots (once, before first use).
+    """
+
+    marks = staticmethod(Hub.marks)
+    wait = staticmethod(Hub.wait)
+
+    def __init__(
+        self,
+        cluster: RedisCluster,
+        options: RedisOptions,
+        node_client: Callable[[str, int], Redis],
+        mapped: Callable[[], Awaitable[None]],
+    ) -> None:
+        self._cluster = cluster
+        self._options = options
+        self._node_client = node_client
+        self._mapped = mapped
+        self._hubs: dict[str, tuple[Hub, Redis]] = {}
+
+    def _holder(self, name: bytes) -> Hub | None:
+        for hub, _ in self._hubs.values():
+            if hub.holds(name):
+                return hub
+        return None
+
+    def _hub_of(self, name: bytes) -> Hub:
+        node = self._cluster.get_node_from_key(name.decode())  # our names are UTF-8
+        if node is None:  # pragma: no cover - get_node_from_key raises for an uncovered slot
+            raise RedisClusterException(f"no node serves the slot of {name!r}")
+        found = self._hubs.get(node.name)
+        if found is None:
+            redis = self._node_client(node.host, int(node.port))
+            found = self._hubs[node.name] = (Hub(redis, self._options, sharded=True), redis)
+        return found[0]
+
+    def channel(self, name: bytes) -> Channel | None:
+        hub = self._holder(name)
+        return None if hub is None else hub.channel(name)
+
+    async def subscribe(
+        self, names: Sequence[bytes], *, sticky: bool
+    ) -> tuple[list[Channel], bool]:
+        """As :meth:`Hub.subscribe`, each channel on its slot's node."""
+        try:
+            await self._mapped()
+            groups: dict[Hub, list[bytes]] = {}
+            for name in dict.fromkeys(names):
+                hub = self._holder(name) or self._hub_of(name)
+                groups.setdefault(hub, []).append(name)
+        except (RedisError, RedisClusterException) as exc:
+            raise translate(exc, self._options) from exc
+        results = await asyncio.gather(
+            *(hub.subscribe(group, sticky=sticky) for hub, group in groups.items()),
+            return_exceptions=True,
+        )
+        failed = [r for r in results if isinstance(r, BaseException)]
+        done = [r for r in results if not isinstance(r, BaseException)]
+        if failed:
+            for (hub, _), result in zip(groups.items(), results, strict=True):
+                if not isinstance(result, BaseException):
+                    await hub.release(result[0])
+            raise failed[0]
+        found = {c.name: c for channels, _ in done for c in channels}
+        return [found[name] for name in names], any(new for _, new in done)
+
+    async def release(self, channels: Sequence[Channel]) -> None:
+        groups: dict[Hub, list[Channel]] = {}
+        for channel in channels:
+            hub = self._holder(channel.name)
+            if hub is None:  # dropped when its node went away: only the count goes down
+                channel.refs -= 1
+                continue
+            groups.setdefault(hub, []).append(channel)
+        for hub, group in groups.items():
+            await hub.release(group)
+
+    async def aclose(self) -> None:
+        hubs, self._hubs = self._hubs, {}
+        for hub, redis in hubs.values():
+            await hub.aclose()
+            with contextlib.suppress(RedisError, OSError):
+                await redis.aclose()
+                await redis.connection_pool.disconnect()

@@ -11,7 +11,7 @@ import hashlib
 from dataclasses import dataclass
 from importlib import resources
 
-__all__ = ["SCRIPTS", "Script"]
+__all__ = ["CLUSTER_SCRIPTS", "SCRIPTS", "Script"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,6 +19,17 @@ class Script:
     name: str
     source: bytes
     sha: str
+
+    def for_cluster(self) -> Script:
+        """The Redis Cluster variant: wake-ups go by ``SPUBLISH`` on the channel's slot
+        (the channels share their keys' hash tag), so they reach the one node whose
+        subscribers want them instead of being broadcast to every node."""
+        source = self.source.replace(_NOTIFY, _SHARDED_NOTIFY, 1)
+        return Script(self.name, source, hashlib.sha1(source, usedforsecurity=False).hexdigest())
+
+
+_NOTIFY = b"local NOTIFY = 'PUBLISH'"
+_SHARDED_NOTIFY = b"local NOTIFY = 'SPUBLISH'"
 
 
 def _read(name: str) -> str:
@@ -65,5 +76,14 @@ SCRIPTS: dict[str, Script] = {
         _script("lock_release"),
         _script("revoke", "_revokes"),
         _script("revoke_list", "_revokes"),
+        _script("schedule_upsert"),
+        _script("schedule_mark"),
+        _script("schedule_due"),
+        _script("schedule_remove"),
+        _script("rate_reserve"),
+        _script("control_send"),
     )
 }
+
+#: The same scripts, for Redis Cluster (see :meth:`Script.for_cluster`).
+CLUSTER_SCRIPTS: dict[str, Script] = {name: s.for_cluster() for name, s in SCRIPTS.items()}

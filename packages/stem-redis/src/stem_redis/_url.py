@@ -1,4 +1,5 @@
-"""``redis://`` and ``rediss://`` URLs: the server they name and the options they carry."""
+"""``redis://``, ``rediss://`` and ``redis+cluster://`` URLs: the servers they name and the
+options they carry."""
 
 from __future__ import annotations
 
@@ -29,6 +30,13 @@ DEFAULT_POOL_SIZE = 32
 #: Seconds to connect, and to wait for any one reply.
 DEFAULT_TIMEOUT = 5.0
 
+#: URL schemes: (TLS, Redis Cluster) of each.
+_SCHEMES = {
+    "redis": (False, False),
+    "rediss": (True, False),
+    "redis+cluster": (False, True),
+    "rediss+cluster": (True, True),
+}
 _CERT_REQS = ("none", "optional", "required")
 _SECONDS = ("poll_interval", "socket_timeout", "connect_timeout")
 _TLS_FILES = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
@@ -76,8 +84,12 @@ class RedisOptions:
 
     Attributes:
         url: the URL as given (it may hold a password: show :attr:`masked_url` instead).
-        tls: ``rediss://``: connect with TLS.
-        host, port, db, username, password: the server and the credentials.
+        tls: ``rediss://`` or ``rediss+cluster://``: connect with TLS.
+        cluster: ``redis+cluster://``: the servers are nodes of a Redis Cluster.
+        host, port, db, username, password: the server and the credentials (in cluster
+            mode, the first node named; db is always 0).
+        nodes: in cluster mode, every (host, port) the URL names: the client asks them
+            for the cluster's layout until one answers.
         prefix: the namespace of every key (default ``stem``), so several apps can share
             one server: each sees only its own queues, results and locks.
         poll_interval: longest idle wait of a consumer between two reads of its queues.
@@ -93,6 +105,8 @@ class RedisOptions:
 
     url: str = field(repr=False)
     tls: bool = False
+    cluster: bool = False
+    nodes: tuple[tuple[str, int], ...] = ()
     host: str = "localhost"
     port: int = 6379
     db: int = 0
@@ -117,6 +131,8 @@ class RedisOptions:
     @property
     def server(self) -> tuple[object, ...]:
         """What makes two URLs name the same data: stores agreeing on it may share scripts."""
+        if self.cluster:
+            return (self.tls, "cluster", tuple(sorted((h.lower(), p) for h, p in self.nodes)))
         return (self.tls, self.host.lower(), self.port, self.db)
 
     @property
@@ -138,10 +154,38 @@ class RedisOptions:
 
 
 def _bad(url: str, problem: str) -> ConfigurationError:
-    return ConfigurationError(
-        f"{problem} in the Redis URL {mask_url(url)}; the form is "
-        "redis://[user:password@]host[:port][/db][?prefix=NAME&...] (rediss:// for TLS)"
-    )
+    if "+cluster://" in url.lower():
+        form = (
+            "redis+cluster://[user:password@]host:port[,host:port...][/][?prefix=NAME&...] "
+            "(rediss+cluster:// for TLS)"
+        )
+    else:
+        form = "redis://[user:password@]host[:port][/db][?prefix=NAME&...] (rediss:// for TLS)"
+    return ConfigurationError(f"{problem} in the Redis URL {mask_url(url)}; the form is {form}")
+
+
+def _cluster_nodes(url: str, netloc: str) -> tuple[tuple[str, int], ...]:
+    """The ``host:port`` list of a ``redis+cluster://`` URL (port 6379 when left out)."""
+    hosts = netloc.rpartition("@")[2]
+    if not hosts:
+        return (("localhost", 6379),)
+    nodes = []
+    for item in hosts.split(","):
+        if item.startswith("["):  # an IPv6 address: [::1]:7000
+            host, bracket, rest = item[1:].partition("]")
+            if not bracket or (rest and not rest.startswith(":")):
+                raise _bad(url, f"malformed node {item!r}")
+            port_text = rest[1:]
+        else:
+            host, colon, port_text = item.partition(":")
+            if colon and not port_text:
+                raise _bad(url, f"node {item!r} has an empty port")
+        if not host:
+            raise _bad(url, f"a node without a host ({item!r})")
+        if port_text and (not port_text.isdigit() or not 0 < int(port_text) < 65536):
+            raise _bad(url, f"node {item!r} has a port that is not a number from 1 to 65535")
+        nodes.append((host, int(port_text) if port_text else 6379))
+    return tuple(nodes)
 
 
 def _seconds(url: str, key: str, raw: str) -> float:
@@ -164,10 +208,12 @@ def _boolean(url: str, key: str, raw: str) -> bool:
 
 
 def parse_url(url: str) -> RedisOptions:
-    """Parse a ``redis://`` or ``rediss://`` URL.
+    """Parse a ``redis://``, ``rediss://``, ``redis+cluster://`` or ``rediss+cluster://`` URL.
 
-    ``redis://[user:password@]host[:port][/db]`` (defaults: localhost, 6379, 0); user
-    and password are percent-decoded. Query options: ``prefix`` (the key namespace,
+    ``redis://[user:password@]host[:port][/db]`` (defaults: localhost, 6379, 0);
+    ``redis+cluster://[user:password@]host:port[,host:port...][/]`` names one or more
+    nodes of a Redis Cluster (which has database 0 only). User and password are
+    percent-decoded. Query options: ``prefix`` (the key namespace,
     default ``stem``), ``poll_interval``, ``socket_timeout``, ``connect_timeout``
     (seconds), ``pool_size``, and for ``rediss://`` ``ssl_ca_certs``, ``ssl_certfile``,
     ``ssl_keyfile``, ``ssl_cert_reqs`` (``none``, ``optional``, ``required``) and
@@ -181,17 +227,34 @@ def parse_url(url: str) -> RedisOptions:
         raise ConfigurationError(f"a Redis URL must be a string, not {type(url).__name__}")
     try:
         parts = urlsplit(url)
-        port = parts.port
-        hostname = parts.hostname
         username, password = parts.username, parts.password
     except ValueError as exc:
         raise _bad(url, f"malformed URL ({exc})") from None
     scheme = parts.scheme.lower()
-    if scheme not in ("redis", "rediss") or "://" not in url:
-        raise _bad(url, "not a redis:// or rediss:// URL")
+    if scheme not in _SCHEMES or "://" not in url:
+        raise _bad(url, "not a redis://, rediss:// or redis+cluster:// URL")
+    tls, cluster = _SCHEMES[scheme]
+    hostname: str | None
+    port: int | None
+    if cluster:
+        nodes = _cluster_nodes(url, parts.netloc)
+        (hostname, port) = nodes[0]
+    else:
+        nodes = ()
+        try:
+            port = parts.port
+            hostname = parts.hostname
+        except ValueError as exc:
+            raise _bad(url, f"malformed URL ({exc})") from None
     if parts.fragment:
         raise _bad(url, f"a fragment (#{parts.fragment}) has no meaning")
     path = parts.path.strip("/")
+    if cluster and path not in ("", "0"):
+        raise _bad(
+            url,
+            f"a Redis Cluster has database 0 only, so {parts.path!r} cannot be used: remove it "
+            "(apps sharing a cluster keep apart with ?prefix=NAME)",
+        )
     if path and not path.isdigit():
         raise _bad(url, f"the database must be a number (like /0), not {parts.path!r},")
     values: dict[str, object] = {}
@@ -225,13 +288,19 @@ def parse_url(url: str) -> RedisOptions:
             if not raw:
                 raise _bad(url, f"option {key} names no file")
             values[key] = raw
-    if scheme == "redis":
+    if not tls:
         tls_options = sorted(k for k in values if k.startswith("ssl_"))
         if tls_options:
-            raise _bad(url, f"{', '.join(tls_options)} need TLS: use rediss:// instead of redis://")
+            raise _bad(
+                url,
+                f"{', '.join(tls_options)} need TLS: use {scheme.replace('redis', 'rediss', 1)}:// "
+                f"instead of {scheme}://",
+            )
     return RedisOptions(
         url=url,
-        tls=scheme == "rediss",
+        tls=tls,
+        cluster=cluster,
+        nodes=nodes,
         host=hostname or "localhost",
         port=port if port is not None else 6379,
         db=int(path) if path else 0,

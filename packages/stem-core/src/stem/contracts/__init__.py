@@ -18,7 +18,7 @@ from ._adapter import Adapter
 from ._backend import ResultBackend
 from ._broker import Broker, BrokerCapabilities, claim_unique
 from ._locks import LockStore, RevokeStore
-from ._ratelimit import RateLimiter
+from ._ratelimit import RateLimiter, RateLimiterCapabilities
 from ._schedule import ScheduleEntry, ScheduleStore
 from ._signals import ControlChannel, ControlMessage, EventBus
 from ._workflow import RunStatus, StepCheckpoint, Watcher, WorkflowRun, WorkflowStore
@@ -37,6 +37,7 @@ __all__ = [
     "Message",
     "QueueStats",
     "RateLimiter",
+    "RateLimiterCapabilities",
     "ResultBackend",
     "RevokeEntry",
     "RevokeStore",

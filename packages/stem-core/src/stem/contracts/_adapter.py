@@ -9,7 +9,9 @@ from .._errors import ConfigurationError
 from ._backend import ResultBackend
 from ._broker import Broker
 from ._locks import LockStore, RevokeStore
+from ._ratelimit import RateLimiter
 from ._schedule import ScheduleStore
+from ._signals import ControlChannel
 from ._workflow import WorkflowStore
 
 __all__ = ["Adapter"]
@@ -48,3 +50,18 @@ class Adapter(abc.ABC):
         raise ConfigurationError(
             f"{self.distribution or type(self).__name__} has no schedule store"
         )
+
+    def rate_limiter(self, url: str, *, clock: Clock | None = None) -> RateLimiter | None:
+        """A rate limiter shared by every worker on this store, or None (the default).
+
+        ``Stem.from_url`` keeps it as ``app.rate_limiter``, and workers use it, so
+        ``rate_limit="10/s"`` holds across a fleet; with None each worker limits alone.
+        """
+        return None
+
+    def control_channel(self, url: str, *, clock: Clock | None = None) -> ControlChannel | None:
+        """The channel that carries remote-control commands and replies, or None (the default).
+
+        ``Stem.from_url`` keeps it as ``app.control_channel``.
+        """
+        return None

@@ -10,17 +10,32 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 from .._clock import Clock
-from ..contracts import Adapter, Broker, LockStore, ResultBackend, RevokeStore
+from ..contracts import (
+    Adapter,
+    Broker,
+    ControlChannel,
+    LockStore,
+    ResultBackend,
+    RevokeStore,
+    ScheduleStore,
+)
 from ._backend import MemoryResultBackend
 from ._broker import MemoryBroker
-from ._stores import MemoryLockStore, MemoryRevokeStore
+from ._stores import (
+    MemoryControlChannel,
+    MemoryLockStore,
+    MemoryRevokeStore,
+    MemoryScheduleStore,
+)
 
 __all__ = [
     "MemoryAdapter",
     "MemoryBroker",
+    "MemoryControlChannel",
     "MemoryLockStore",
     "MemoryResultBackend",
     "MemoryRevokeStore",
+    "MemoryScheduleStore",
     "adapter",
 ]
 
@@ -51,6 +66,12 @@ class MemoryAdapter(Adapter):
 
     def revoke_store(self, url: str, *, clock: Clock | None = None) -> RevokeStore:
         return self._shared(url, "revokes", MemoryRevokeStore, clock)  # type: ignore[return-value]
+
+    def schedule_store(self, url: str, *, clock: Clock | None = None) -> ScheduleStore:
+        return self._shared(url, "schedules", MemoryScheduleStore, clock)  # type: ignore[return-value]
+
+    def control_channel(self, url: str, *, clock: Clock | None = None) -> ControlChannel:
+        return self._shared(url, "control", MemoryControlChannel, clock)  # type: ignore[return-value]
 
 
 adapter = MemoryAdapter()

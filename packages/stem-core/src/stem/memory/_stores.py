@@ -1,16 +1,31 @@
-"""In-memory lock and revoke stores."""
+"""In-memory lock, revoke and schedule stores, and the control channel."""
 
 from __future__ import annotations
 
+import asyncio
+import builtins
 import itertools
+from collections.abc import AsyncIterator
 
 import msgspec
 
-from .._clock import Clock
+from .._clock import Clock, SystemClock
 from .._messages import RevokeEntry
-from ..contracts import LockStore, RevokeStore
+from ..contracts import (
+    ControlChannel,
+    ControlMessage,
+    LockStore,
+    RevokeStore,
+    ScheduleEntry,
+    ScheduleStore,
+)
 
-__all__ = ["MemoryLockStore", "MemoryRevokeStore"]
+__all__ = [
+    "MemoryControlChannel",
+    "MemoryLockStore",
+    "MemoryRevokeStore",
+    "MemoryScheduleStore",
+]
 
 
 class MemoryLockStore(LockStore):
@@ -74,3 +89,150 @@ class MemoryRevokeStore(RevokeStore):
 
     async def list(self, *, since: int | None = None) -> list[RevokeEntry]:
         return [e for e in self._live() if since is None or e.seq > since]
+
+
+_schedule_encoder = msgspec.json.Encoder()
+_schedule_decoder = msgspec.json.Decoder(ScheduleEntry)
+
+
+class MemoryScheduleStore(ScheduleStore):
+    """Beat entries in process memory, the reference :class:`ScheduleStore`.
+
+    Entries are kept encoded, as a database would keep them: a caller that changes an
+    entry (or its ``spec`` dict) after ``upsert`` does not change the stored one, and an
+    entry that cannot be encoded fails at ``upsert`` here as it would anywhere else.
+    """
+
+    def __init__(self, *, clock: Clock | None = None) -> None:
+        super().__init__(clock=clock)
+        self._entries: dict[str, bytes] = {}  # insertion order; an upsert keeps the place
+
+    async def upsert(self, entry: ScheduleEntry) -> None:
+        self._entries[entry.id] = _schedule_encoder.encode(entry)
+
+    async def get(self, entry_id: str) -> ScheduleEntry | None:
+        data = self._entries.get(entry_id)
+        return None if data is None else _schedule_decoder.decode(data)
+
+    async def remove(self, entry_id: str) -> bool:
+        return self._entries.pop(entry_id, None) is not None
+
+    async def due(self, now: float, *, limit: int = 100) -> builtins.list[ScheduleEntry]:
+        entries = (_schedule_decoder.decode(data) for data in self._entries.values())
+        due = [
+            e for e in entries if e.enabled and e.next_run_at is not None and e.next_run_at <= now
+        ]
+        due.sort(key=lambda e: e.next_run_at or 0.0)  # stable: equal times in insertion order
+        return due[: max(limit, 0)]
+
+    async def mark_executed(
+        self, entry_id: str, *, ran_at: float, next_run_at: float | None, drift: float
+    ) -> None:
+        data = self._entries.get(entry_id)
+        if data is None:
+            return  # removed meanwhile: nothing to record, and nothing to bring back
+        entry = _schedule_decoder.decode(data)
+        entry.last_run_at, entry.next_run_at = ran_at, next_run_at
+        entry.last_drift = drift
+        entry.total_runs += 1
+        self._entries[entry_id] = _schedule_encoder.encode(entry)
+
+    # Defined last: inside the class body, ``list`` names this method from here on.
+    async def list(self) -> builtins.list[ScheduleEntry]:
+        return [_schedule_decoder.decode(data) for data in self._entries.values()]
+
+
+_control_encoder = msgspec.json.Encoder()
+_control_decoder = msgspec.json.Decoder(ControlMessage)
+
+#: How long (clock seconds) replies to one ``reply_to`` are kept for a sender to read.
+REPLY_TTL = 300.0
+
+
+def _copy(message: ControlMessage) -> ControlMessage:
+    """The message as a receiver in another process would get it: a copy, through JSON."""
+    return _control_decoder.decode(_control_encoder.encode(message))
+
+
+class _Replies:
+    """The replies to one ``reply_to``, and a wake-up for the readers waiting on them."""
+
+    __slots__ = ("changed", "items", "readers", "until")
+
+    def __init__(self, until: float) -> None:
+        self.items: builtins.list[ControlMessage] = []
+        self.changed = asyncio.Event()
+        self.readers = 0
+        self.until = until
+
+    def add(self, message: ControlMessage, until: float) -> None:
+        self.items.append(message)
+        self.until = until
+        changed, self.changed = self.changed, asyncio.Event()
+        changed.set()
+
+
+class MemoryControlChannel(ControlChannel):
+    """Remote control in process memory, the reference :class:`ControlChannel`.
+
+    * A message with a ``destination`` goes to the listeners of that worker id; one
+      without goes to every listener. A listener gets the messages sent after it
+      started reading (its first ``__anext__``), never older ones.
+    * Replies to one ``reply_to`` are kept ``reply_ttl`` clock seconds after the last
+      one, so a sender that starts reading ``replies()`` after the first replies came
+      still gets every one, in the order they were sent.
+    """
+
+    def __init__(self, *, clock: Clock | None = None, reply_ttl: float = REPLY_TTL) -> None:
+        self.clock: Clock = clock or SystemClock()
+        self.reply_ttl = reply_ttl
+        self._listeners: dict[str, set[asyncio.Queue[ControlMessage]]] = {}
+        self._replies: dict[str, _Replies] = {}
+
+    async def send(self, message: ControlMessage) -> None:
+        if message.destination is None:
+            targets = [q for queues in self._listeners.values() for q in queues]
+        else:
+            targets = list(self._listeners.get(message.destination, ()))
+        for queue in targets:
+            queue.put_nowait(_copy(message))
+
+    async def listen(self, worker_id: str) -> AsyncIterator[ControlMessage]:
+        queue: asyncio.Queue[ControlMessage] = asyncio.Queue()
+        self._listeners.setdefault(worker_id, set()).add(queue)
+        try:
+            while True:
+                yield await queue.get()
+        finally:
+            queues = self._listeners.get(worker_id)
+            if queues is not None:
+                queues.discard(queue)
+                if not queues:
+                    del self._listeners[worker_id]
+
+    async def reply(self, reply_to: str, message: ControlMessage) -> None:
+        self._forget_old()
+        until = self.clock.now() + self.reply_ttl
+        self._replies.setdefault(reply_to, _Replies(until)).add(_copy(message), until)
+
+    async def replies(self, reply_to: str) -> AsyncIterator[ControlMessage]:
+        self._forget_old()
+        box = self._replies.setdefault(reply_to, _Replies(self.clock.now() + self.reply_ttl))
+        box.readers += 1
+        seen = 0
+        try:
+            while True:
+                if seen < len(box.items):
+                    seen += 1
+                    yield box.items[seen - 1]
+                    continue
+                await box.changed.wait()
+        finally:
+            box.readers -= 1
+
+    def _forget_old(self) -> None:
+        now = self.clock.now()
+        for reply_to in [
+            k for k, box in self._replies.items() if box.until <= now and not box.readers
+        ]:
+            del self._replies[reply_to]

@@ -1,4 +1,8 @@
 -- Every script starts with this: ARGV is read in order, section after section.
+
+-- The command that wakes waiters: PUBLISH on one server; SPUBLISH (sharded pub/sub, on
+-- the channel's own slot) in the Redis Cluster variant of each script (see _scripts.py).
+local NOTIFY = 'PUBLISH'
 local argi = 0
 local function nextarg()
   argi = argi + 1

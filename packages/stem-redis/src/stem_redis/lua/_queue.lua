@@ -109,7 +109,7 @@ local function publish_messages()
     end
   end
   for qi, _ in pairs(promoted) do
-    redis.call('PUBLISH', KEYS[qi] .. ':wake', '')
+    redis.call(NOTIFY, KEYS[qi] .. ':wake', '')
   end
 end
 

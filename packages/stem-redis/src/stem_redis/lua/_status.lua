@@ -100,7 +100,7 @@ local function store_statuses()
     elseif old and old[3] ~= '' then
       kept[#kept + 1] = id
     end
-    redis.call('PUBLISH', p .. ':changed:' .. id, '')
+    redis.call(NOTIFY, p .. ':changed:' .. id, '')
   end
   for key, ids in pairs(drops) do
     variadic('ZREM', key, ids)

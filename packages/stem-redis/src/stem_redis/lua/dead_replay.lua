@@ -26,7 +26,7 @@ for _, letter in ipairs(letters) do
   remove_letter(base, did, f)
 end
 if #letters > 0 then
-  redis.call('PUBLISH', base .. ':wake', '')
+  redis.call(NOTIFY, base .. ':wake', '')
 end
 local more = 0
 if mode == 'all' and #letters == chunk then

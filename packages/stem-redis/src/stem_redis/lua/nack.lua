@@ -14,7 +14,7 @@ local s = base .. ':stream:' .. lane
 if requeue == '1' then
   -- The entry stays where it is, pending; the next reserve after ready_at takes it over.
   redis.call('ZADD', base .. ':retry:' .. lane, ready_at, member)
-  redis.call('PUBLISH', base .. ':wake', '')
+  redis.call(NOTIFY, base .. ':wake', '')
 else
   redis.call('XACK', s, GROUP, eid)
   trim(s, {eid})
