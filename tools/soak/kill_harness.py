@@ -1,4 +1,5 @@
-"""Real ``stem worker`` processes on one SQLite file, one SIGKILLed every half second.
+"""Real ``stem worker`` processes on one SQLite file (or one Redis server), one SIGKILLed
+every half second.
 
 The shared harness of the kill -9 loop: ``tools/soak/kill_loop.py`` runs it for a
 minute per pool, ``tests/processes/test_kill_loop.py`` for a few seconds. Every task
@@ -32,6 +33,7 @@ from stem import Stem, TaskState, TaskStatus
 
 __all__ = [
     "KILL_APP",
+    "NOT_A_FILE",
     "POOLS",
     "RECORD",
     "Pool",
@@ -49,6 +51,8 @@ __all__ = [
 ]
 
 Pool = Literal["async", "thread", "process"]
+#: ``Report.integrity`` of a loop on a server: there is no file to check.
+NOT_A_FILE = "-"
 POOLS: tuple[Pool, ...] = ("async", "thread", "process")
 
 #: The recording helper every test app embeds: ``record("start", ctx.id)``.
@@ -103,7 +107,8 @@ class WorkerGroup:
     """Starts ``stem worker --app <module>:app`` processes in ``root``, each logging to its own file.
 
     ``app_source`` is written to ``root/<module>.py``; the workers find the database in
-    ``$STEM_URL`` and the runs file in ``$RUNS_FILE`` (``root/runs.txt``).
+    ``$STEM_URL`` (``url``, by default the SQLite file ``root/stem.db``) and the runs file
+    in ``$RUNS_FILE`` (``root/runs.txt``).
     """
 
     def __init__(
@@ -113,6 +118,7 @@ class WorkerGroup:
         *,
         module: str = "proc_app",
         env: dict[str, str] | None = None,
+        url: str | None = None,
     ) -> None:
         self.root = root
         self.module = module
@@ -125,7 +131,7 @@ class WorkerGroup:
         clean = {k: v for k, v in os.environ.items() if not k.startswith("STEM_")}
         self.env = {
             **clean,
-            "STEM_URL": f"sqlite:///{self.db}",
+            "STEM_URL": url or f"sqlite:///{self.db}",
             "RUNS_FILE": str(self.runs),
             "PYTHONUNBUFFERED": "1",
             **(env or {}),
@@ -333,10 +339,11 @@ def integrity_check(db: Path) -> str:
 
 @dataclass(frozen=True)
 class Settings:
-    """One kill loop: how many tasks, for how long, on which pool.
+    """One kill loop: how many tasks, for how long, on which pool and backend.
 
     Tasks are enqueued in small batches over the first 80% of the kill period, so that
-    kills keep landing on running work until the end of it.
+    kills keep landing on running work until the end of it. ``url`` is where the workers
+    meet: None for a SQLite file in the loop's directory.
     """
 
     pool: Pool
@@ -351,6 +358,7 @@ class Settings:
     stop_timeout: float = 15.0
     seed: int | None = None
     enqueue_over: float = 0.8
+    url: str | None = None
 
     @property
     def task_name(self) -> str:
@@ -370,7 +378,10 @@ class Settings:
 
 @dataclass
 class Report:
-    """What one kill loop cost. ``ok`` when nothing was lost, nothing dead and the file is sound."""
+    """What one kill loop cost. ``ok`` when nothing was lost, nothing dead and the file is sound.
+
+    ``integrity`` is ``PRAGMA integrity_check``'s verdict on a SQLite file, ``-`` on a server.
+    """
 
     pool: Pool
     sent: int = 0
@@ -394,7 +405,7 @@ class Report:
 
     @property
     def ok(self) -> bool:
-        return self.lost == 0 and self.dead == 0 and self.integrity == "ok"
+        return self.lost == 0 and self.dead == 0 and self.integrity in ("ok", NOT_A_FILE)
 
     def describe(self) -> str:
         """A few lines for an assertion message or a log."""
@@ -429,6 +440,7 @@ async def run_kill_loop(
             "WORK_SECONDS": str(settings.work),
             "VISIBILITY_TIMEOUT": str(settings.visibility_timeout),
         },
+        url=settings.url,
     )
     report = Report(pool=settings.pool)
     rng = random.Random(settings.seed)
@@ -481,14 +493,19 @@ async def run_kill_loop(
         dead = await _dead_letters(producer, "default")
         report.dead = len(dead)
         report.dead_reasons = dict(collections.Counter(reason for reason in dead))
+        if settings.url is not None and report.lost_ids:
+            report.lost_details = await describe_statuses(producer, report.lost_ids[:5])
     finally:
         if not sending.done():
             sending.cancel()
             await asyncio.gather(sending, return_exceptions=True)
         await producer.aclose()
         group.close()
-    report.integrity = integrity_check(group.db)
-    if report.lost_ids:
+    if settings.url is not None:
+        report.integrity = NOT_A_FILE
+    else:
+        report.integrity = integrity_check(group.db)
+    if settings.url is None and report.lost_ids:
         report.lost_details = describe_messages(group.db, report.lost_ids[:5])
     runs = read_runs(group.runs)
     report.run_twice = sum(1 for task_runs in runs.values() if len(task_runs) > 1)
@@ -589,6 +606,17 @@ def describe_messages(db: Path, ids: Sequence[str]) -> list[str]:
         lines.append(
             f"  {task_id}: state={fields.get('state')} deliveries={fields.get('deliveries')}{leased}"
         )
+    return lines
+
+
+async def describe_statuses(producer: Stem, ids: Sequence[str]) -> list[str]:
+    """What the result backend says of ``ids`` (where the queue is no file to look into)."""
+    statuses = await producer.backend.get_statuses(list(ids))
+    lines = []
+    for task_id in ids:
+        status = statuses.get(task_id)
+        said = "no status" if status is None else f"status {status.state} by {status.worker}"
+        lines.append(f"  {task_id}: {said}")
     return lines
 
 

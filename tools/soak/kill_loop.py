@@ -2,10 +2,13 @@
 
     uv run python tools/soak/kill_loop.py                      # all three pools, 60 s of kills each
     uv run python tools/soak/kill_loop.py --pool thread --seconds 60 --tasks 5000
+    uv run python tools/soak/kill_loop.py --backend redis      # on a redis-server it starts
+    uv run python tools/soak/kill_loop.py --url redis://host:6379/0   # on a server of yours
 
 Prints a table per pool (tasks sent, succeeded, run twice, run concurrently, lost,
 dead-lettered, kills, duration, integrity) and exits 1 if any task was lost or
 dead-lettered or the SQLite file failed ``PRAGMA integrity_check``. See README.md.
+On Redis each pool works under a key prefix of its own (``?prefix=soak-...``).
 """
 
 from __future__ import annotations
@@ -15,10 +18,17 @@ import asyncio
 import shutil
 import sys
 import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 # Run as a script, this directory is on sys.path: the harness is shared with tests/processes.
 from kill_harness import POOLS, Report, Settings, run_kill_loop
+
+TOOLS = Path(__file__).resolve().parent.parent
+if str(TOOLS) not in sys.path:
+    sys.path.insert(0, str(TOOLS))  # for redis_server, when --backend redis starts one
 
 COLUMNS = (
     ("pool", "pool"),
@@ -54,6 +64,16 @@ def table(reports: list[Report]) -> str:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pool", choices=POOLS, help="one pool (default: all three in turn)")
+    parser.add_argument(
+        "--backend",
+        choices=("sqlite", "redis"),
+        default=None,
+        help="sqlite: a file per pool (the default); redis: a redis-server started for the "
+        "soak (append-only, on a free loopback port), unless --url names one",
+    )
+    parser.add_argument(
+        "--url", default=None, help="a redis:// URL to run on (implies --backend redis)"
+    )
     parser.add_argument("--seconds", type=float, default=60.0, help="seconds of kills per pool")
     parser.add_argument("--tasks", type=int, default=5000, help="tasks per pool")
     parser.add_argument("--workers", type=int, default=3, help="worker processes")
@@ -76,10 +96,33 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--keep", action="store_true", help="keep the working directories (database, logs, runs)"
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.url is not None:
+        if args.backend == "sqlite":
+            parser.error("--url is a Redis server's URL: leave out --backend sqlite")
+        args.backend = "redis"
+    args.backend = args.backend or "sqlite"
+    return args
 
 
-async def soak(args: argparse.Namespace) -> list[Report]:
+@contextmanager
+def server_url(args: argparse.Namespace) -> Iterator[str | None]:
+    """Where the workers meet: None (SQLite files), ``--url``, or a redis-server of our own."""
+    if args.backend == "sqlite" or args.url is not None:
+        yield args.url
+        return
+    import redis_server
+
+    with redis_server.start(appendonly=True) as server:
+        print(f"redis-server {server.url} in {server.directory}", flush=True)
+        yield server.url
+
+
+def with_prefix(url: str, prefix: str) -> str:
+    return f"{url}{'&' if '?' in url else '?'}prefix={prefix}"
+
+
+async def soak(args: argparse.Namespace, url: str | None = None) -> list[Report]:
     reports: list[Report] = []
     for pool in [args.pool] if args.pool else list(POOLS):
         settings = Settings(
@@ -94,10 +137,12 @@ async def soak(args: argparse.Namespace) -> list[Report]:
             drain_timeout=args.drain_timeout,
             seed=args.seed,
             enqueue_over=args.enqueue_over,
+            url=None if url is None else with_prefix(url, f"soak-{pool}-{uuid.uuid4().hex[:8]}"),
         )
         root = Path(tempfile.mkdtemp(prefix=f"stem-soak-{pool}-"))
         print(
-            f"{pool} pool: {args.tasks} tasks, a kill every {args.kill_every}s for {args.seconds:g}s in {root}",
+            f"{pool} pool on {args.backend}: {args.tasks} tasks, a kill every {args.kill_every}s"
+            f" for {args.seconds:g}s in {root}",
             flush=True,
         )
         report = await run_kill_loop(root, settings, say=lambda line: print(line, flush=True))
@@ -112,7 +157,8 @@ async def soak(args: argparse.Namespace) -> list[Report]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    reports = asyncio.run(soak(args))
+    with server_url(args) as url:
+        reports = asyncio.run(soak(args, url))
     print()
     print(table(reports))
     failed = [r.pool for r in reports if not r.ok]

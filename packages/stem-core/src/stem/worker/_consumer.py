@@ -4,7 +4,6 @@ as many as there is room for, and hands them to its slots."""
 from __future__ import annotations
 
 import asyncio
-import logging
 from typing import TYPE_CHECKING
 
 from .._errors import StoreLostError
@@ -16,7 +15,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Consumer"]
 
-log = logging.getLogger("stem.worker")
+READING = "reading from the broker"
 
 
 class Consumer:
@@ -30,7 +29,7 @@ class Consumer:
 
     async def run(self) -> None:
         worker = self.worker
-        slots = worker._slots
+        slots, outage = worker._slots, worker._outage
         backoff = 0.1
         while not worker._stopping.is_set():
             wanted = self.to_reserve()
@@ -49,18 +48,21 @@ class Consumer:
                 worker.last_consumed_at = worker.app.clock.now()
                 if not batch:
                     await self._wait_for_messages()
-                    continue
             except StoreLostError as exc:
                 worker._give_up(exc)
                 return
-            except Exception:
-                # A broker outage must not end the loop: log, back off, read again.
-                # Health checks see the silence in last_consumed_at.
-                log.exception("reading from the broker failed; retrying in %.1fs", backoff)
+            except Exception as exc:
+                # A broker outage must not end the loop: log (once per outage), back off,
+                # read again. Health checks see the silence in last_consumed_at.
+                outage.failed(READING, exc, retried=True)
                 await first(worker.app.clock.sleep(backoff), worker._stopping.wait())
                 backoff = min(backoff * 2, 5.0)
                 continue
+            if outage.since is not None:
+                outage.recovered(READING)  # the read and the wait both worked
             backoff = 0.1
+            if not batch:
+                continue
             if worker._stopping.is_set():  # stopped while reading: give the batch back
                 for delivery in batch:
                     await worker.broker.nack(delivery, requeue=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import socket
 from typing import TYPE_CHECKING
@@ -13,8 +12,6 @@ if TYPE_CHECKING:
     from ._worker import Worker
 
 __all__ = ["heartbeat_of", "send_heartbeat", "send_heartbeats"]
-
-log = logging.getLogger("stem.worker")
 
 
 def heartbeat_of(worker: Worker) -> WorkerHeartbeat:
@@ -42,11 +39,14 @@ def heartbeat_of(worker: Worker) -> WorkerHeartbeat:
 
 
 async def send_heartbeat(worker: Worker, *, final: bool = False) -> None:
+    outage = worker._backend_outage
     try:
         ttl = worker.heartbeat_interval if final else worker.heartbeat_interval * 3
         await worker.app.backend.set_heartbeat(heartbeat_of(worker), ttl=ttl)
-    except Exception:
-        log.exception("sending the heartbeat failed")
+    except Exception as exc:
+        outage.failed("sending the heartbeat", exc, retried=True)
+    else:
+        outage.recovered("sending the heartbeat")
 
 
 async def send_heartbeats(worker: Worker) -> None:

@@ -47,6 +47,8 @@ class LeaseRenewal:
         worker = self.worker
         now = worker.app.clock.now()
         ok = await worker.broker.extend_lease(job.delivery, job.lease)
+        if worker._outage.since is not None:
+            worker._outage.recovered()
         if ok:
             job.lease_expires_at = now + job.lease
             if job in worker.jobs:
@@ -63,10 +65,11 @@ class LeaseRenewal:
 
     async def _renew_one(self, job: Job) -> None:
         clock = self.worker.app.clock
+        outage = self.worker._outage
         try:
             await self.renew(job)
-        except Exception:
-            log.exception("renewing the lease on %s failed; trying again soon", job.describe())
+        except Exception as exc:
+            outage.failed(f"renewing the lease on {job.describe()}", exc)
             if job in self.worker.jobs:
                 # Try again well before the lease runs out (a third of what is left).
                 left = job.lease_expires_at - clock.now()

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from .._errors import SerializationError, StoreLostError
+from .._errors import AdapterError, SerializationError, StoreLostError
 from .._execute import Outcome, OutcomeKind, task_error
 from .._messages import Envelope, TaskError, TaskState
 from .._task import Task
@@ -142,6 +142,8 @@ class Outcomes:
                 await worker.broker.nack(job.delivery, requeue=True)
         except StoreLostError as exc:
             worker._give_up(exc)
+        except AdapterError as exc:  # the broker is down: its lease brings the message back
+            worker._outage.failed("giving a message back", exc)
         except Exception:
             log.exception("unexpected error while handling a message; it will be redelivered")
         finally:

@@ -51,7 +51,10 @@ class RevocationPoller:
     async def run(self) -> None:
         while True:
             await self.worker.app.clock.sleep(self.worker.revoke_interval)
+            outage = self.worker._backend_outage
             try:
                 await self.sync()
-            except Exception:
-                log.exception("reading revocations failed")
+            except Exception as exc:
+                outage.failed("reading revocations", exc, retried=True)
+            else:
+                outage.recovered("reading revocations")

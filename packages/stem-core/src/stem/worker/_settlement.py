@@ -184,6 +184,8 @@ class Settlement:
                 await self.worker.broker.settle(deliveries, statuses, self.worker.app.backend)
             except Exception as exc:
                 return exc
+            if self.worker._outage.since is not None:
+                self.worker._outage.recovered()
         succeeded: list[Job] = []
         for _, _, waiter in entries:
             if waiter is None:
@@ -228,11 +230,8 @@ class Settlement:
             if entries[0][2] is None:
                 log.warning("a status was not stored: %s", error)
         else:
-            log.error(
-                "storing %d result(s) failed; their messages will be redelivered",
-                len(entries),
-                exc_info=error,
-            )
+            # Their messages are redelivered when their leases end.
+            self.worker._outage.failed(f"storing {len(entries)} result(s)", error)
         for _, _, waiter in entries:
             if type(waiter) is Job:
                 finishing = asyncio.ensure_future(self.worker._outcomes.unsettled(waiter, error))

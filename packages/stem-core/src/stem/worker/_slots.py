@@ -25,7 +25,7 @@ from collections import deque
 from collections.abc import Coroutine, Generator
 from typing import TYPE_CHECKING, Any
 
-from .._errors import StoreLostError
+from .._errors import AdapterError, StoreLostError
 
 if TYPE_CHECKING:
     from ._job import Job
@@ -211,10 +211,13 @@ class Slots:
                         me.uncancel()
                 except StoreLostError as exc:
                     worker._give_up(exc)
-                except Exception:
-                    log.exception(
-                        "unexpected error while handling a message; it will be redelivered"
-                    )
+                except Exception as exc:
+                    if isinstance(exc, AdapterError):  # the broker is down: logged once
+                        worker._outage.failed("handling a message (it will be redelivered)", exc)
+                    else:
+                        log.exception(
+                            "unexpected error while handling a message; it will be redelivered"
+                        )
                     with contextlib.suppress(Exception):
                         await worker.broker.nack(job.delivery, requeue=True)
                 finally:

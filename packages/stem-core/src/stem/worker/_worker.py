@@ -31,6 +31,7 @@ from ._heartbeats import heartbeat_of, send_heartbeat, send_heartbeats
 from ._interrupt import ThreadPool
 from ._job import Job, Terminated
 from ._leases import LeaseRenewal
+from ._outage import outages_of
 from ._outcomes import Outcomes
 from ._process import ProcessPool
 from ._revocations import RevocationPoller
@@ -72,7 +73,9 @@ class Worker:
             dead-lettered as ``poison``.
         heartbeat_interval: seconds between heartbeats to the result backend.
         revoke_interval: seconds between reads of new revocations.
-        rate_limiter: shared limiter for rate-limited tasks (default: per process).
+        rate_limiter: the limiter for rate-limited tasks (default: the app's
+            ``rate_limiter``, shared by every worker, when its adapter has one; else
+            one for this worker alone).
         rate_limit_hold: a rate-limited task whose turn is at most this many seconds
             away waits in its slot; a later turn re-publishes it with an eta.
         track_started: store a ``started`` status when a handler begins.
@@ -128,7 +131,8 @@ class Worker:
         self.heartbeat_interval = heartbeat_interval
         self.revoke_interval = revoke_interval
         self.autoscale_interval = autoscale_interval
-        self.rate_limiter = rate_limiter or LocalRateLimiter(clock=app.clock)
+        # The app's shared limiter (Redis) keeps the limit across workers; else per worker.
+        self.rate_limiter = rate_limiter or app.rate_limiter or LocalRateLimiter(clock=app.clock)
         self.rate_limit_hold = rate_limit_hold
         self.track_started = track_started
         self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
@@ -168,6 +172,8 @@ class Worker:
         self._outcomes = Outcomes(self)  # what each way a job ends writes, counts, logs
         self._leases = LeaseRenewal(self)
         self._revocations = RevocationPoller(self)
+        # Failures of calls to the broker and the result backend, logged once per outage.
+        self._outage, self._backend_outage = outages_of(app)
         self._signals = 0
         self._started = False
         self._force = asyncio.Event()
