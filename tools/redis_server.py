@@ -72,6 +72,39 @@ class TlsFiles:
     auth_clients: bool = False
 
 
+def make_certificates(directory: Path, *, auth_clients: bool = False) -> TlsFiles:
+    """A throw-away CA and, signed by it, a certificate for a server at 127.0.0.1 and one
+    for a client (``client.pem``, ``client.key`` in ``directory``), made with the openssl
+    command (EC keys: quick to make), valid for a day.
+
+    Raises:
+        RedisServerUnavailable: the openssl command is missing.
+    """
+    if shutil.which("openssl") is None:
+        raise RedisServerUnavailable("the openssl command is needed to make test certificates")
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
+
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    openssl("req", "-x509", *ec, "-days", "1", "-subj", "/CN=stem-test-ca",
+            "-keyout", "ca.key", "-out", "ca.pem")  # fmt: skip
+    (directory / "server.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    (directory / "client.ext").write_text("extendedKeyUsage=clientAuth\n")
+    for name in ("server", "client"):
+        openssl("req", *ec, "-subj", f"/CN=stem-test-{name}",
+                "-keyout", f"{name}.key", "-out", f"{name}.csr")  # fmt: skip
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+                "-CAcreateserial", "-days", "1", "-extfile", f"{name}.ext",
+                "-out", f"{name}.pem")  # fmt: skip
+    return TlsFiles(
+        cert=str(directory / "server.pem"),
+        key=str(directory / "server.key"),
+        ca=str(directory / "ca.pem"),
+        auth_clients=auth_clients,
+    )
+
+
 def find_binary(*, install: bool = True) -> str:
     """The path of ``redis-server``, installing Debian's package when root may do so."""
     found = shutil.which("redis-server")

@@ -5,8 +5,6 @@ per queue, namespaces, and a worker round trip through ``Stem.from_url``."""
 from __future__ import annotations
 
 import asyncio
-import shutil
-import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -471,25 +469,10 @@ async def test_a_wrong_password_is_a_clear_error_without_the_password(
 
 
 def make_certificates(directory: Path) -> redis_server.TlsFiles:
-    """A CA and a server certificate for 127.0.0.1, made with the openssl command."""
-    if shutil.which("openssl") is None:
-        skip_or_fail("the openssl command is needed to make test certificates")
-
-    def openssl(*args: str) -> None:
-        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
-
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
-            "/CN=stem-test-ca", "-keyout", "ca.key", "-out", "ca.pem")  # fmt: skip
-    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
-            "-keyout", "server.key", "-out", "server.csr")  # fmt: skip
-    (directory / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
-    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-            "-CAcreateserial", "-days", "1", "-extfile", "san.ext", "-out", "server.pem")  # fmt: skip
-    return redis_server.TlsFiles(
-        cert=str(directory / "server.pem"),
-        key=str(directory / "server.key"),
-        ca=str(directory / "ca.pem"),
-    )
+    try:
+        return redis_server.make_certificates(directory)
+    except redis_server.RedisServerUnavailable as exc:
+        skip_or_fail(str(exc))
 
 
 async def test_rediss_with_the_ca_from_the_url(tmp_path: Path, clock: FakeClock) -> None:

@@ -4,8 +4,6 @@ every client for a certificate, both made by the test with the openssl command."
 from __future__ import annotations
 
 import asyncio
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -37,31 +35,11 @@ async def add(ctx: TaskContext, a: int, b: int) -> int:
 
 
 def make_certificates(directory: Path) -> tuple[redis_server.TlsFiles, Path, Path]:
-    """A CA; a certificate for the server at 127.0.0.1 and one for a client, both signed by
-    it (EC keys: quick to make). Returns the server's files and the client's cert and key."""
-    if shutil.which("openssl") is None:
-        skip_or_fail("the openssl command is needed to make test certificates")
-
-    def openssl(*args: str) -> None:
-        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
-
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    openssl("req", "-x509", *ec, "-days", "1", "-subj", "/CN=stem-test-ca",
-            "-keyout", "ca.key", "-out", "ca.pem")  # fmt: skip
-    (directory / "server.ext").write_text("subjectAltName=IP:127.0.0.1\n")
-    (directory / "client.ext").write_text("extendedKeyUsage=clientAuth\n")
-    for name in ("server", "client"):
-        openssl("req", *ec, "-subj", f"/CN=stem-test-{name}",
-                "-keyout", f"{name}.key", "-out", f"{name}.csr")  # fmt: skip
-        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-                "-CAcreateserial", "-days", "1", "-extfile", f"{name}.ext",
-                "-out", f"{name}.pem")  # fmt: skip
-    server = redis_server.TlsFiles(
-        cert=str(directory / "server.pem"),
-        key=str(directory / "server.key"),
-        ca=str(directory / "ca.pem"),
-        auth_clients=True,
-    )
+    """The server's files (clients must show a certificate) and the client's cert and key."""
+    try:
+        server = redis_server.make_certificates(directory, auth_clients=True)
+    except redis_server.RedisServerUnavailable as exc:
+        skip_or_fail(str(exc))
     return server, directory / "client.pem", directory / "client.key"
 
 

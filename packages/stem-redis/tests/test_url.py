@@ -126,3 +126,19 @@ def test_from_url_with_a_bad_redis_url_masks_the_password() -> None:
     with pytest.raises(ConfigurationError) as info:
         Stem.from_url("redis://u:hunter2@h/0?bogus=1")
     assert "hunter2" not in str(info.value)
+
+
+def test_tls_options_the_url_leaves_out_come_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("STEM_TLS_CA_CERTS", "/etc/ca.pem")
+    monkeypatch.setenv("STEM_TLS_CERTFILE", "/etc/client.pem")
+    monkeypatch.setenv("STEM_TLS_CERT_REQS", "OPTIONAL")
+    options = parse_url("rediss://h/0?ssl_certfile=/mine.pem")
+    assert options.ssl_ca_certs == "/etc/ca.pem"
+    assert options.ssl_certfile == "/mine.pem"  # the URL wins
+    assert options.ssl_cert_reqs == "optional"
+    assert parse_url("redis://h/0").ssl_ca_certs is None  # plain redis:// ignores them
+    monkeypatch.setenv("STEM_TLS_CHECK_HOSTNAME", "perhaps")
+    with pytest.raises(ConfigurationError, match="STEM_TLS_CHECK_HOSTNAME"):
+        parse_url("rediss://h/0")

@@ -4,6 +4,7 @@ options they carry."""
 from __future__ import annotations
 
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
@@ -207,6 +208,41 @@ def _boolean(url: str, key: str, raw: str) -> bool:
     raise _bad(url, f"option {key} must be true or false, not {raw!r},")
 
 
+#: The environment variables that give a ``rediss://`` URL's TLS options it leaves out.
+TLS_ENVIRONMENT = {
+    "ssl_ca_certs": "STEM_TLS_CA_CERTS",
+    "ssl_certfile": "STEM_TLS_CERTFILE",
+    "ssl_keyfile": "STEM_TLS_KEYFILE",
+    "ssl_cert_reqs": "STEM_TLS_CERT_REQS",
+    "ssl_check_hostname": "STEM_TLS_CHECK_HOSTNAME",
+}
+
+
+def _option(url: str, key: str, raw: str) -> object:
+    """The value of one option, checked."""
+    if key == "prefix":
+        if not _PREFIX.fullmatch(raw):
+            raise _bad(
+                url, f"prefix must be 1 to 100 characters without spaces or braces, not {raw!r},"
+            )
+        return raw
+    if key in _SECONDS:
+        return _seconds(url, key, raw)
+    if key == "pool_size":
+        if not raw.isdigit() or not 1 <= int(raw) <= 10_000:
+            raise _bad(url, f"option pool_size must be a whole number from 1, not {raw!r},")
+        return int(raw)
+    if key == "ssl_cert_reqs":
+        if raw.lower() not in _CERT_REQS:
+            raise _bad(url, f"option ssl_cert_reqs must be one of {', '.join(_CERT_REQS)},")
+        return raw.lower()
+    if key == "ssl_check_hostname":
+        return _boolean(url, key, raw)
+    if not raw:
+        raise _bad(url, f"option {key} names no file")
+    return raw
+
+
 def parse_url(url: str) -> RedisOptions:
     """Parse a ``redis://``, ``rediss://``, ``redis+cluster://`` or ``rediss+cluster://`` URL.
 
@@ -265,29 +301,17 @@ def parse_url(url: str) -> RedisOptions:
         if key in seen:
             raise _bad(url, f"option {key} is given twice")
         seen.add(key)
-        if key == "prefix":
-            if not _PREFIX.fullmatch(raw):
-                raise _bad(
-                    url,
-                    f"prefix must be 1 to 100 characters without spaces or braces, not {raw!r},",
-                )
-            values[key] = raw
-        elif key in _SECONDS:
-            values[key] = _seconds(url, key, raw)
-        elif key == "pool_size":
-            if not raw.isdigit() or not 1 <= int(raw) <= 10_000:
-                raise _bad(url, f"option pool_size must be a whole number from 1, not {raw!r},")
-            values[key] = int(raw)
-        elif key == "ssl_cert_reqs":
-            if raw.lower() not in _CERT_REQS:
-                raise _bad(url, f"option ssl_cert_reqs must be one of {', '.join(_CERT_REQS)},")
-            values[key] = raw.lower()
-        elif key == "ssl_check_hostname":
-            values[key] = _boolean(url, key, raw)
-        else:
-            if not raw:
-                raise _bad(url, f"option {key} names no file")
-            values[key] = raw
+        values[key] = _option(url, key, raw)
+    if tls:
+        # TLS settings the URL leaves out come from the environment (the URL wins), so
+        # certificate paths need not be repeated in every URL of a deployment.
+        for key, variable in TLS_ENVIRONMENT.items():
+            given = os.environ.get(variable)
+            if key not in values and given:
+                try:
+                    values[key] = _option(url, key, given)
+                except ConfigurationError as exc:
+                    raise ConfigurationError(f"{variable}: {exc}") from None
     if not tls:
         tls_options = sorted(k for k in values if k.startswith("ssl_"))
         if tls_options:
