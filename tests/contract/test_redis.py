@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import TypeVar
 
 import pytest
 import redis
@@ -158,6 +159,93 @@ class TestRedisRateLimiterOnTheServerClock(RateLimiterContract):
     @pytest.fixture
     async def other_limiter(self, redis_url: str) -> AsyncIterator[RedisRateLimiter]:
         other = RedisRateLimiter(redis_url, share_connection=False)
+        yield other
+        await other.aclose()
+
+
+_ServerSide = TypeVar(
+    "_ServerSide", RedisBroker, RedisResultBackend, RedisLockStore, RedisRevokeStore
+)
+
+
+class _OnTheServerClock:
+    """Stores built as production builds them (no clock: the scripts read the server's
+    ``TIME``), so the suites run in real time. A second handle has connections of its own."""
+
+    @pytest.fixture
+    def clock(self) -> Clock:
+        return SystemClock()
+
+    @staticmethod
+    def server_side(store: _ServerSide) -> _ServerSide:
+        assert store.server_clock is True
+        return store
+
+
+class TestRedisBrokerOnTheServerClock(_OnTheServerClock, BrokerContract):
+    @pytest.fixture
+    async def broker(self, redis_url: str) -> AsyncIterator[RedisBroker]:
+        broker = self.server_side(RedisBroker(redis_url))
+        yield broker
+        await broker.aclose()
+
+    @pytest.fixture
+    async def other_broker(self, redis_url: str) -> AsyncIterator[RedisBroker]:
+        other = self.server_side(RedisBroker(redis_url, share_connection=False))
+        yield other
+        await other.aclose()
+
+    @pytest.fixture
+    async def companion_backend(self, redis_url: str) -> AsyncIterator[RedisResultBackend]:
+        backend = self.server_side(RedisResultBackend(redis_url))
+        yield backend
+        await backend.aclose()
+
+    @pytest.fixture
+    async def companion_locks(self, redis_url: str) -> AsyncIterator[RedisLockStore]:
+        locks = self.server_side(RedisLockStore(redis_url))
+        yield locks
+        await locks.aclose()
+
+
+class TestRedisResultBackendOnTheServerClock(_OnTheServerClock, ResultBackendContract):
+    @pytest.fixture
+    async def backend(self, redis_url: str) -> AsyncIterator[RedisResultBackend]:
+        backend = self.server_side(RedisResultBackend(redis_url))
+        yield backend
+        await backend.aclose()
+
+    @pytest.fixture
+    async def other_backend(self, redis_url: str) -> AsyncIterator[RedisResultBackend]:
+        other = self.server_side(RedisResultBackend(redis_url, share_connection=False))
+        yield other
+        await other.aclose()
+
+
+class TestRedisLockStoreOnTheServerClock(_OnTheServerClock, LockStoreContract):
+    @pytest.fixture
+    async def locks(self, redis_url: str) -> AsyncIterator[RedisLockStore]:
+        locks = self.server_side(RedisLockStore(redis_url))
+        yield locks
+        await locks.aclose()
+
+    @pytest.fixture
+    async def other_locks(self, redis_url: str) -> AsyncIterator[RedisLockStore]:
+        other = self.server_side(RedisLockStore(redis_url, share_connection=False))
+        yield other
+        await other.aclose()
+
+
+class TestRedisRevokeStoreOnTheServerClock(_OnTheServerClock, RevokeStoreContract):
+    @pytest.fixture
+    async def revokes(self, redis_url: str) -> AsyncIterator[RedisRevokeStore]:
+        revokes = self.server_side(RedisRevokeStore(redis_url))
+        yield revokes
+        await revokes.aclose()
+
+    @pytest.fixture
+    async def other_revokes(self, redis_url: str) -> AsyncIterator[RedisRevokeStore]:
+        other = self.server_side(RedisRevokeStore(redis_url, share_connection=False))
         yield other
         await other.aclose()
 

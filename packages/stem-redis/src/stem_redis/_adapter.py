@@ -22,6 +22,10 @@ class RedisAdapter(Adapter):
     Stores built from URLs naming the same server with the same connection settings
     share one connection pool per event loop (the stores of one app, typically).
 
+    Built without a clock (``Stem.from_url`` in production), the stores judge leases,
+    locks and expiries by the Redis server's clock (``server_clock``); built with one
+    (a ``FakeClock`` in tests), by that clock. See docs/adapters/redis.md, "Clocks".
+
     Raises (from every method):
         ConfigurationError: the URL is not a usable Redis URL (its password masked).
     """

@@ -8,10 +8,14 @@ by update time) and the set of task names ``P:task-names``, for listing;
 per group; ``{P:heartbeats}`` and ``{P:heartbeats}:ends``. A status write publishes on
 ``P:changed:ID``, which wakes watchers.
 
-Expiry follows the app's clock: a status whose time is up is not returned, and is
-deleted (with its index entries) by a sweep that writers run now and then. Redis's
-own expiry is set a while later as well, so memory is freed even if no process
-sweeps any more.
+Expiry follows the scripts' clock: the Redis server's (``TIME``) with ``server_clock``
+(the default when no clock is given, as in production), else the app's clock. A write
+sends each status's time to live and the script sets its ``expires_at``; a read gets the
+time to judge it by in the same step. A status whose time is up is not returned, and is
+deleted (with its index entries) by a sweep that writers run now and then. Redis's own
+expiry is set a while later as well, so memory is freed even if no process sweeps any
+more. Heartbeats expire the same way. ``updated_at`` stays the writer's clock: it only
+informs.
 
 On Redis Cluster the statuses are spread over :data:`STATUS_TAGS` hash tags,
 ``{P:status:N}``, a task going to the tag its id hashes to (CRC-32): each tag holds
@@ -46,7 +50,7 @@ __all__ = [
 ]
 
 #: Seconds Redis keeps an expired status (or lock, or heartbeat) after the clock's
-#: expiry, so its own expiry never runs ahead of the app's clock.
+#: expiry, so its own expiry never runs ahead of the app's clock (a FakeClock's, say).
 KEEP_AFTER_EXPIRY = 300.0
 #: Expired statuses are swept at most this often (clock seconds) by each backend...
 SWEEP_EVERY = 60.0
@@ -128,7 +132,11 @@ class RedisResultBackend(ResultBackend):
 
     Args:
         url: ``redis://`` or ``rediss://`` (see :func:`stem_redis.parse_url`).
-        clock: every time stored or compared is read from it.
+        clock: ``updated_at`` stamps and, when ``server_clock`` is False, every expiry
+            stored or compared are read from it.
+        server_clock: whether status and heartbeat expiry follow the Redis server's
+            clock (``TIME`` in the scripts); None (the default) means True when no
+            ``clock`` is given (production) and False when one is (a FakeClock in tests).
         share_connection: False to open connections of its own instead of sharing the
             pool of every store of this server in this event loop.
 
@@ -141,10 +149,13 @@ class RedisResultBackend(ResultBackend):
         url: str | RedisOptions = "redis://localhost:6379/0",
         *,
         clock: Clock | None = None,
+        server_clock: bool | None = None,
         share_connection: bool = True,
     ) -> None:
         options = url if isinstance(url, RedisOptions) else parse_url(url)
         super().__init__(clock=clock, poll_interval=options.poll_interval)
+        #: Whether the scripts read ``now`` from the server (``TIME``) or from ``clock``.
+        self.server_clock = clock is None if server_clock is None else server_clock
         self._handle = ClientHandle(options, share=share_connection)
         self._prefix = options.prefix
         self._cluster = options.cluster
@@ -192,6 +203,10 @@ class RedisResultBackend(ResultBackend):
         status.expires_at = float(parts[2]) if parts[2] else None  # expire() changes only it
         return status
 
+    def _now(self) -> Arg:
+        """The ``now`` a script is sent: '' reads the server's clock (see lua/_args.lua)."""
+        return "" if self.server_clock else self.clock.now()
+
     def _live(self, value: bytes | None, now: float) -> TaskStatus | None:
         """The stored status if it has not expired by ``now``."""
         if value is None:
@@ -214,13 +229,14 @@ class RedisResultBackend(ResultBackend):
         """The statuses section of a script's ARGV (see lua/_status.lua), and its time.
 
         ``tag`` is what their keys start with (default: the prefix, as on one server).
+        The script sets each expiry from its clock and the time to live sent.
         """
         now = self.clock.now() if now is None else now
         records = []
         data = []
         for status, ttl in statuses:
             # Like the other backends, fill in the caller's status: when it was updated
-            # (unless given) and when it expires.
+            # (unless given) and when it expires (on a server's clock: about then).
             status.updated_at = status.updated_at or now
             status.expires_at = now + ttl if ttl is not None else None
             encoded = _encoder.encode(status)
@@ -231,7 +247,7 @@ class RedisResultBackend(ResultBackend):
                     str(status.state),
                     status.task,
                     status.updated_at,
-                    "" if status.expires_at is None else status.expires_at,
+                    "" if ttl is None else ttl,
                     0 if ttl is None else keep_ms(ttl),
                     len(encoded),
                 )
@@ -239,7 +255,8 @@ class RedisResultBackend(ResultBackend):
         if sweep is None:
             sweep = self._sweeper.due()
         flag = "1" if sweep else "0"
-        return [tag or self._prefix, now, flag, pack(records), b"".join(data)], now
+        sent: Arg = "" if self.server_clock else now
+        return [tag or self._prefix, sent, flag, pack(records), b"".join(data)], now
 
     def swept(self, count: int) -> None:
         """What the sweep that :meth:`status_args` asked for deleted."""
@@ -271,24 +288,50 @@ class RedisResultBackend(ResultBackend):
         self.swept(max(int(swept) for swept in await gather_all(calls)))
 
     async def get_status(self, task_id: str) -> TaskStatus | None:
-        value = await self._client().command("GET", self._key(task_id))
+        if self.server_clock:
+            [(value, now)] = await self._read([task_id])
+        else:
+            value, now = await self._client().command("GET", self._key(task_id)), self.clock.now()
         self._seen.pop(task_id, None)
         self._seen[task_id] = None if value is None else hash(value)
         if len(self._seen) > SEEN_LIMIT:
             del self._seen[next(iter(self._seen))]
-        return self._live(value, self.clock.now())
+        return self._live(value, now)
 
     async def get_statuses(self, task_ids: Sequence[str]) -> dict[str, TaskStatus]:
         if not task_ids:
             return {}
-        values = await self._get_many([self._key(t) for t in task_ids])
-        now = self.clock.now()
         found = {}
-        for task_id, value in zip(task_ids, values, strict=True):
+        for task_id, (value, now) in zip(task_ids, await self._read(task_ids), strict=True):
             status = self._live(value, now)
             if status is not None:
                 found[task_id] = status
         return found
+
+    async def _read(self, task_ids: Sequence[str]) -> list[tuple[bytes | None, float]]:
+        """Each task's stored status, and the time its expiry is judged by: this
+        backend's clock, or with ``server_clock`` the server's, read in the same script
+        (on a cluster, the clock of the node that holds the status)."""
+        if not self.server_clock:
+            values = await self._get_many([self._key(t) for t in task_ids])
+            now = self.clock.now()
+            return [(value, now) for value in values]
+        client = self._client()
+        if not self._cluster:
+            now, *values = await client.script("status_get", [self._key(t) for t in task_ids], [""])
+            return [(value, float(now)) for value in values]
+        groups: dict[str, list[int]] = {}
+        for i, task_id in enumerate(task_ids):
+            groups.setdefault(self._tag(task_id), []).append(i)
+        replies = await gather_all(
+            client.script("status_get", [self._key(task_ids[i]) for i in group], [""])
+            for group in groups.values()
+        )
+        read: list[tuple[bytes | None, float]] = [(None, 0.0)] * len(task_ids)
+        for group, (now, *values) in zip(groups.values(), replies, strict=True):
+            for i, value in zip(group, values, strict=True):
+                read[i] = (value, float(now))
+        return read
 
     async def _get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         """GET of each key: one MGET, or on a cluster (keys on many slots) a pipeline."""
@@ -340,10 +383,9 @@ class RedisResultBackend(ResultBackend):
             candidates = [c for c in candidates if c[0] >= boundary]
             unread = [c for c in candidates if c[1] not in read]
             if unread:
-                values = await self._get_many([self._key(tid.decode()) for _, tid, _ in unread])
-                now = self.clock.now()
+                values = await self._read([tid.decode() for _, tid, _ in unread])
                 stale: list[tuple[str, str, bytes]] = []
-                for (_, tid, index), value in zip(unread, values, strict=True):
+                for (_, tid, index), (value, now) in zip(unread, values, strict=True):
                     if value is None:
                         stale.append(("ZREM", index, tid))  # Redis expired it: unindex it
                     read[tid] = self._live(value, now)
@@ -356,12 +398,11 @@ class RedisResultBackend(ResultBackend):
             depth *= 4
 
     async def expire(self, task_id: str, ttl: float) -> bool:
-        now = self.clock.now()
         tag = self._tag(task_id)
         done = await self._client().script(
             "expire",
             [tag] if self._cluster else [],
-            [tag, task_id, now, repr(now + ttl), keep_ms(ttl)],
+            [tag, task_id, self._now(), ttl, keep_ms(ttl)],
         )
         return bool(done)
 
@@ -467,23 +508,20 @@ class RedisResultBackend(ResultBackend):
         return [base, f"{base}:ends"]
 
     async def set_heartbeat(self, heartbeat: WorkerHeartbeat, *, ttl: float) -> None:
-        now = self.clock.now()
         await self._client().script(
             "heartbeat_set",
             self._heartbeat_keys(),
-            [heartbeat.worker_id, _encoder.encode(heartbeat), now + ttl, now],
+            [heartbeat.worker_id, _encoder.encode(heartbeat), self._now(), ttl],
         )
 
     async def get_heartbeat(self, worker_id: str) -> WorkerHeartbeat | None:
         found = await self._client().script(
-            "heartbeat_get", self._heartbeat_keys(), [self.clock.now(), worker_id]
+            "heartbeat_get", self._heartbeat_keys(), [self._now(), worker_id]
         )
         return _heartbeat_decoder.decode(found[0]) if found and found[0] else None
 
     async def list_heartbeats(self) -> list[WorkerHeartbeat]:
-        found = await self._client().script(
-            "heartbeat_get", self._heartbeat_keys(), [self.clock.now()]
-        )
+        found = await self._client().script("heartbeat_get", self._heartbeat_keys(), [self._now()])
         return [_heartbeat_decoder.decode(data) for data in found if data]
 
     async def aclose(self) -> None:

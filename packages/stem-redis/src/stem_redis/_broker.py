@@ -15,6 +15,13 @@ of several queues sends one script per slot, all at once; a reserve of several q
 calls them one slot after the other, in the order given, until it has enough; enqueue
 and settle write the statuses first, then publish or ack (two round trips instead of one,
 as the result backend's keys are on other slots: see ``_backend.py``).
+
+Time: with ``server_clock`` (the default when no clock is given, as in production) every
+script reads ``now`` from the Redis server (``TIME``) and is sent durations, so lease
+ends, nack delays, expired leases and due messages are judged by the one clock every
+worker shares. With a clock (a FakeClock in tests) its reading is sent instead. An
+``eta`` is the producer's time either way, and ``Delivery.lease_expires_at`` is on this
+broker's clock (``now + lease``), as the worker schedules its renewals by it.
 """
 
 from __future__ import annotations
@@ -122,7 +129,13 @@ class RedisBroker(Broker):
     Args:
         url: ``redis://`` or ``rediss://`` (see :func:`stem_redis.parse_url`); its
             ``prefix`` namespaces the keys and ``poll_interval`` bounds an idle wait.
-        clock: every lease end, due time and dead-letter time is read from it.
+        clock: this broker's clock: ``Delivery.lease_expires_at``, dead-letter times
+            and, when ``server_clock`` is False, every lease end and due time.
+        server_clock: whether the scripts read ``now`` from the Redis server (``TIME``)
+            so that leases do not depend on the workers' clocks agreeing; None (the
+            default) means True when no ``clock`` is given (production) and False when
+            one is (a FakeClock in tests). Every broker of one prefix should use the
+            same mode.
         share_connection: False to open connections of its own instead of sharing the
             pool of every store of this server in this event loop.
 
@@ -136,10 +149,13 @@ class RedisBroker(Broker):
         url: str | RedisOptions = "redis://localhost:6379/0",
         *,
         clock: Clock | None = None,
+        server_clock: bool | None = None,
         share_connection: bool = True,
     ) -> None:
         options = url if isinstance(url, RedisOptions) else parse_url(url)
         super().__init__(clock=clock, poll_interval=options.poll_interval)
+        #: Whether the scripts read ``now`` from the server (``TIME``) or from ``clock``.
+        self.server_clock = clock is None if server_clock is None else server_clock
         self._handle = ClientHandle(options, share=share_connection)
         self._bases: dict[str, bytes] = {}
         self._cluster = options.cluster
@@ -178,14 +194,24 @@ class RedisBroker(Broker):
             groups.setdefault(self._slot(queue), []).append(i)
         return list(groups.values())
 
+    def _now(self) -> Arg:
+        """The ``now`` a script is sent: '' reads the server's clock (see lua/_args.lua)."""
+        return "" if self.server_clock else self.clock.now()
+
+    def _local(self, due: bytes | None, now: bytes) -> float | None:
+        """A due time a script found, on its clock (read at ``now``), on this broker's."""
+        if due is None:
+            return None
+        if not self.server_clock:
+            return float(due)
+        return self.clock.now() + (float(due) - float(now))
+
     def _shares_server(self, store: object) -> bool:
         return isinstance(store, RedisResultBackend) and store.options.server == self.options.server
 
     # -- publishing -------------------------------------------------------------------
 
-    def _message_args(
-        self, messages: Sequence[Message], now: float
-    ) -> tuple[list[bytes], list[Arg]]:
+    def _message_args(self, messages: Sequence[Message], now: Arg) -> tuple[list[bytes], list[Arg]]:
         """KEYS (the queues' bases) and the messages section of ARGV (see lua/_queue.lua)."""
         index: dict[str, int] = {}
         keys: list[bytes] = []
@@ -207,12 +233,12 @@ class RedisBroker(Broker):
         if self._cluster:
             await self._publish_by_slot(messages)
             return
-        keys, args = self._message_args(messages, self.clock.now())
+        keys, args = self._message_args(messages, self._now())
         await self._client().script("publish", keys, [call_token(), *args])
 
     async def _publish_by_slot(self, messages: Sequence[Message]) -> None:
         """One publish script per slot, all at once (each queue keeps its order)."""
-        client, now = self._client(), self.clock.now()
+        client, now = self._client(), self._now()
         groups = self._by_slot([m.queue for m in messages])
         calls = []
         for group in groups:
@@ -237,8 +263,8 @@ class RedisBroker(Broker):
         if not self._shares_server(backend):
             return await super().enqueue(messages, statuses, backend, claims=claims, locks=locks)
         assert isinstance(backend, RedisResultBackend)
-        status_args, now = backend.status_args(statuses)
-        keys, message_args = self._message_args(messages, now)
+        status_args, _ = backend.status_args(statuses)
+        keys, message_args = self._message_args(messages, self._now())
         swept = await self._client().script(
             "enqueue", keys, [call_token(), *status_args, *message_args]
         )
@@ -266,14 +292,18 @@ class RedisBroker(Broker):
         out: list[Delivery] = []
         while len(out) < limit:
             now = self.clock.now()
+            # The lease the script records counts from its commit, on its clock; the one
+            # the worker renews by is on ours, and starts no later.
             until = now + lease
+            sent: Arg = "" if self.server_clock else now
             want = min(limit - len(out), RESERVE_CHUNK)
             if self._cluster:
-                raw, due = await self._reserve_by_slot(client, queues, keys, now, want, until)
+                raw, due = await self._reserve_by_slot(client, queues, keys, sent, want, lease)
             else:
-                raw, due = await client.script(
-                    "reserve", keys, [now, want, until, CONSUMER, PROMOTE_CAP]
+                raw, found_due, script_now = await client.script(
+                    "reserve", keys, [sent, want, lease, CONSUMER, PROMOTE_CAP]
                 )
+                due = self._local(found_due, script_now)
             malformed = 0
             for qi, lane, eid, count, flat in raw:
                 queue = queues[qi - 1]
@@ -297,7 +327,7 @@ class RedisBroker(Broker):
                 if marks is None:
                     self._drained.pop(key, None)  # not subscribed yet: a wait reads again
                 else:
-                    self._drained[key] = (marks, None if due is None else float(due))
+                    self._drained[key] = (marks, due)
                 break
             if not malformed and len(out) >= limit:
                 break
@@ -308,9 +338,9 @@ class RedisBroker(Broker):
         client: RedisClient,
         queues: Sequence[str],
         keys: list[bytes],
-        now: float,
+        now: Arg,
         want: int,
-        until: float,
+        lease: float,
     ) -> tuple[list[Any], float | None]:
         """The reserve script once per run of consecutive queues sharing a slot, in the
         order given, until ``want`` are found: a later queue is read only when the earlier
@@ -323,12 +353,13 @@ class RedisBroker(Broker):
             slot = self._slot(queues[start])
             while end < len(queues) and self._slot(queues[end]) == slot:
                 end += 1
-            found, found_due = await client.script(
-                "reserve", keys[start:end], [now, want - len(raw), until, CONSUMER, PROMOTE_CAP]
+            found, found_due, script_now = await client.script(
+                "reserve", keys[start:end], [now, want - len(raw), lease, CONSUMER, PROMOTE_CAP]
             )
             raw += [(qi + start, *rest) for qi, *rest in found]
-            if found_due is not None and (due is None or float(found_due) < due):
-                due = float(found_due)
+            local_due = self._local(found_due, script_now)  # each node has its own clock
+            if local_due is not None and (due is None or local_due < due):
+                due = local_due
             start = end
         return raw, None if raw else due
 
@@ -382,13 +413,16 @@ class RedisBroker(Broker):
         if drained is not None and drained[0] == self._marks(client, queues):
             return drained[1]  # nothing was published since the empty read that found it
         if self._cluster:
-            dues = await gather_all(
-                client.script("next_due", [self._base(queues[i]) for i in group], [])
+            found = await gather_all(
+                client.script("next_due", [self._base(queues[i]) for i in group], [self._now()])
                 for group in self._by_slot(queues)
             )
-            return min((float(d) for d in dues if d is not None), default=None)
-        due = await client.script("next_due", [self._base(q) for q in queues], [])
-        return None if due is None else float(due)
+        else:
+            found = [
+                await client.script("next_due", [self._base(q) for q in queues], [self._now()])
+            ]
+        dues = [self._local(*due_and_now) for due_and_now in found if due_and_now]
+        return min((due for due in dues if due is not None), default=None)
 
     # -- settling -----------------------------------------------------------------------
 
@@ -450,9 +484,10 @@ class RedisBroker(Broker):
         parts = _receipt(delivery)
         if parts is None:
             return False
-        ready_at = self.clock.now() + (delay or 0.0)
         done = await self._client().script(
-            "nack", [self._base(delivery.message.queue)], [*parts, int(requeue), ready_at]
+            "nack",
+            [self._base(delivery.message.queue)],
+            [*parts, int(requeue), self._now(), delay or 0.0],
         )
         return bool(done)
 
@@ -460,9 +495,8 @@ class RedisBroker(Broker):
         parts = _receipt(delivery)
         if parts is None:
             return False
-        until = self.clock.now() + seconds
         done = await self._client().script(
-            "extend", [self._base(delivery.message.queue)], [*parts, until]
+            "extend", [self._base(delivery.message.queue)], [*parts, self._now(), seconds]
         )
         return bool(done)
 
@@ -554,10 +588,10 @@ class RedisBroker(Broker):
         total = 0
         for selection in self._selection(message_ids):
             while True:
-                now = self.clock.now()
-                eta: Arg = now + delay if delay else ""
                 count, more = await client.script(
-                    "dead_replay", base, [now, eta, CHUNK, *replaced, *selection]
+                    "dead_replay",
+                    base,
+                    [self._now(), delay if delay else "", CHUNK, *replaced, *selection],
                 )
                 total += int(count)
                 if not more:
@@ -575,7 +609,7 @@ class RedisBroker(Broker):
 
     async def queue_stats(self, queue: str) -> QueueStats:
         pending, delayed, inflight, dead = await self._client().script(
-            "stats", [self._base(queue)], [self.clock.now()]
+            "stats", [self._base(queue)], [self._now()]
         )
         return QueueStats(
             queue=queue, pending=pending, delayed=delayed, inflight=inflight, dead=dead
@@ -585,7 +619,7 @@ class RedisBroker(Broker):
         client, base = self._client(), [self._base(queue)]
         total = 0
         while True:
-            count, more = await client.script("purge", base, [self.clock.now(), CONSUMER, CHUNK])
+            count, more = await client.script("purge", base, [self._now(), CONSUMER, CHUNK])
             total += int(count)
             if not more:
                 return total

@@ -55,8 +55,7 @@ class RedisRateLimiter(_Store, RateLimiter):
         return f"{self.options.prefix}:rate:{key}"
 
     async def reserve(self, key: str, limit: RateLimit) -> float:
-        now = "" if self.server_clock else repr(self.clock.now())
         delay = await self._client().script(
-            "rate_reserve", [self._key(key)], [now, repr(limit.interval)]
+            "rate_reserve", [self._key(key)], [self._now(), repr(limit.interval)]
         )
         return max(0.0, float(delay))

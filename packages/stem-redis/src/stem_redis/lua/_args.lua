@@ -31,3 +31,25 @@ local function time_text(t)
   end
   return string.format('%.17g', t)
 end
+
+-- The time now, in seconds, as text that reads back as the same number. `arg` is what
+-- the client sent: its clock's reading (a FakeClock in tests), or '' for the Redis
+-- server's clock (TIME, read once per call), so that in production leases, delays and
+-- expiries do not depend on the clients' clocks agreeing. A script reads `now` once
+-- and measures every duration it is sent from it (see clock_after).
+local server_now = nil
+local function clock_now(arg)
+  if arg ~= '' then
+    return arg
+  end
+  if not server_now then
+    local t = redis.call('TIME')
+    server_now = string.format('%.17g', tonumber(t[1]) + tonumber(t[2]) / 1000000)
+  end
+  return server_now
+end
+
+-- `seconds` (text or a number) after the time `now` (text from clock_now), as text.
+local function clock_after(now, seconds)
+  return string.format('%.17g', tonumber(now) + tonumber(seconds))
+end

@@ -87,10 +87,11 @@ local function first_run(token)
   return redis.call('SET', KEYS[1] .. ':once:' .. token, '', 'NX', 'PX', 60000) ~= false
 end
 
--- Publish: the messages section of ARGV is now, cap, then a batch of
--- {qi (its queue's index in KEYS), lane, id, eta or '', length of the body}.
+-- Publish: the messages section of ARGV is now ('' for the server's clock), cap, then a
+-- batch of {qi (its queue's index in KEYS), lane, id, eta or '', length of the body}.
+-- An eta is the producer's (its clock's time), compared with now.
 local function publish_messages()
-  local now = nextarg()
+  local now = clock_now(nextarg())
   local cap = tonumber(nextarg())
   local records, take = next_batch()
   local promoted = {}

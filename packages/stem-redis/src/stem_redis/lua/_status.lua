@@ -1,5 +1,6 @@
 -- Task statuses (see _backend.py). P:task:ID is a string: state NUL task NUL expires_at
--- NUL and the status as JSON (expires_at in clock seconds, '' for never); the index
+-- NUL and the status as JSON (expires_at in seconds on the scripts' clock, that is the
+-- server's unless the client sends its own, '' for never); the index
 -- P:statuses:STATE:TASK is scored by updated_at, and P:task-names lists the task names
 -- (listing by state alone reads each name's index); P:expiring is scored by expires_at,
 -- for sweeping. Every redis.call costs about as much as the command itself, so index
@@ -55,10 +56,10 @@ local function sweep_statuses(p, now, batch)
   return #ids
 end
 
--- The statuses section of ARGV: prefix, now, sweep ('1' or '0'), then a batch of
--- {id, state, task, updated_at, expires_at or '', keep_ms, length of the JSON}, in
--- order (a later write of one task replaces an earlier one). Returns how many
--- expired statuses were swept.
+-- The statuses section of ARGV: prefix, now ('' for the server's clock), sweep ('1' or
+-- '0'), then a batch of {id, state, task, updated_at (the writer's clock), seconds to
+-- live or '', keep_ms, length of the JSON}, in order (a later write of one task
+-- replaces an earlier one). Returns how many expired statuses were swept.
 local function store_statuses()
   local p = nextarg()
   local now = nextarg()
@@ -66,7 +67,11 @@ local function store_statuses()
   local records, take = next_batch()
   local before, after, order = {}, {}, {}
   for _, r in ipairs(records) do
-    local id, state, task, updated, expires, keep = r[1], r[2], r[3], r[4], time_text(r[5]), r[6]
+    local id, state, task, updated, ttl, keep = r[1], r[2], r[3], r[4], r[5], r[6]
+    local expires = ''
+    if ttl ~= '' then
+      expires = clock_after(clock_now(now), ttl)
+    end
     local key = p .. ':task:' .. id
     if before[id] == nil then
       local s, t, x = status_head(key)
@@ -118,7 +123,7 @@ local function store_statuses()
     variadic('ZREM', p .. ':expiring', kept)
   end
   if sweep == '1' then
-    return sweep_statuses(p, now, 500)
+    return sweep_statuses(p, clock_now(now), 500)
   end
   return 0
 end

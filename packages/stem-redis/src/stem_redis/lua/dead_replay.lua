@@ -1,10 +1,15 @@
 -- Put dead letters back on their queue as new messages (deliveries start again).
--- KEYS[1]: queue base. ARGV: now, eta or '', chunk, count of replaced bodies, then
--- (message id, body) pairs, then the selection section.
+-- KEYS[1]: queue base. ARGV: now ('' for the server's clock), delay (seconds) or '',
+-- chunk, count of replaced bodies, then (message id, body) pairs, then the selection
+-- section.
 -- Returns {count, more}: more is 1 when 'all' may have left letters (call again).
 local base = KEYS[1]
-local now = nextarg()
-local eta = nextarg()
+local now = clock_now(nextarg())
+local delay = nextarg()
+local eta = ''
+if delay ~= '' then
+  eta = clock_after(now, delay)
+end
 local chunk = tonumber(nextarg())
 local bodies = {}
 for _ = 1, tonumber(nextarg()) do

@@ -1,8 +1,9 @@
--- Give a live status a time to live. ARGV: prefix, id, now, expires_at, keep_ms.
+-- Give a live status a time to live. ARGV: prefix, id, now ('' for the server's clock),
+-- seconds to live, keep_ms.
 local p = nextarg()
 local id = nextarg()
-local now = nextarg()
-local expires = nextarg()
+local now = clock_now(nextarg())
+local expires = clock_after(now, nextarg())
 local keep_ms = nextarg()
 local key = p .. ':task:' .. id
 local value = redis.call('GET', key)

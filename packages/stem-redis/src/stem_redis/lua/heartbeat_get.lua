@@ -1,5 +1,6 @@
--- Live heartbeats: KEYS as heartbeat_set. ARGV: now, then a worker id (or none: all).
-local now = nextarg()
+-- Live heartbeats: KEYS as heartbeat_set. ARGV: now ('' for the server's clock), then a
+-- worker id (or none: all).
+local now = clock_now(nextarg())
 local id = nextarg()
 if id then
   local ends = redis.call('ZSCORE', KEYS[2], id)

@@ -1,5 +1,5 @@
 -- When the next delayed, given-back or leased message of the queues in KEYS becomes
--- ready (a score), or false.
+-- ready. ARGV: now ('' for the server's clock). Returns {score, now}, or false.
 local due = false
 for _, base in ipairs(KEYS) do
   local keys = {base .. ':delayed'}
@@ -14,4 +14,7 @@ for _, base in ipairs(KEYS) do
     end
   end
 end
-return due
+if not due then
+  return false
+end
+return {due, clock_now(nextarg())}

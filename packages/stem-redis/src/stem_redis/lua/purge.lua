@@ -1,8 +1,9 @@
 -- Delete the ready and delayed messages of one queue, and those whose lease ran out;
--- live leases stay. KEYS[1]: queue base. ARGV: now, consumer, chunk.
+-- live leases stay. KEYS[1]: queue base. ARGV: now ('' for the server's clock),
+-- consumer, chunk.
 -- Returns {count, more}: more is 1 when unread entries may remain (call again).
 local base = KEYS[1]
-local now = nextarg()
+local now = clock_now(nextarg())
 local consumer = nextarg()
 local chunk = tonumber(nextarg())
 local count = redis.call('ZCARD', base .. ':delayed')

@@ -3,13 +3,7 @@
 -- Books the next start, max(TAT, now), moves the TAT one interval past it, and returns
 -- how far the start is from now, as text (a Lua number would reach the client cut to
 -- an integer). A start is never in the past, and idle time banks no burst.
-local now = nextarg()
-if now == '' then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-else
-  now = tonumber(now)
-end
+local now = tonumber(clock_now(nextarg()))
 local interval = tonumber(nextarg())
 local start = now
 local tat = tonumber(redis.call('GET', KEYS[1]) or '')

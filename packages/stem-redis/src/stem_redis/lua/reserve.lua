@@ -1,10 +1,10 @@
 -- Lease up to `want` ready messages from the queues in KEYS, in the order given.
--- ARGV: now, want, lease end, consumer, promotion cap.
--- Returns {deliveries, next_due}: each delivery is {qi, lane, entry id, deliveries,
--- fields}; next_due (a score, or false) only when nothing was ready.
-local now = nextarg()
+-- ARGV: now ('' for the server's clock), want, lease (seconds), consumer, promotion cap.
+-- Returns {deliveries, next_due, now}: each delivery is {qi, lane, entry id,
+-- deliveries, fields}; next_due (a score, or false) only when nothing was ready.
+local now = clock_now(nextarg())
 local want = tonumber(nextarg())
-local lease_end = nextarg()
+local lease_end = clock_after(now, nextarg()) -- a lease counts from this commit
 local consumer = nextarg()
 local cap = tonumber(nextarg())
 local out = {}
@@ -100,4 +100,4 @@ if #out == 0 then
     end
   end
 end
-return {out, due}
+return {out, due, now}

@@ -1,4 +1,4 @@
--- Counts of one queue. KEYS[1]: queue base. ARGV: now.
+-- Counts of one queue. KEYS[1]: queue base. ARGV: now ('' for the server's clock).
 -- Returns {pending, delayed, inflight, dead}.
 -- Entries of a stream not read by the group yet: its lag (Redis 7), or counted when
 -- Redis cannot tell (entries deleted by hand after the group's last read, Redis 6).
@@ -22,7 +22,7 @@ local function unread(s)
 end
 
 local base = KEYS[1]
-local now = nextarg()
+local now = clock_now(nextarg())
 local after = '(' .. now
 local delayed_key = base .. ':delayed'
 local pending = redis.call('ZCOUNT', delayed_key, '-inf', now)
