@@ -38,8 +38,8 @@ from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 from stem import Clock, DecodeError
 from stem.contracts import GroupState, ResultBackend, TaskState, TaskStatus, WorkerHeartbeat
 
-from ._client import Arg, ClientHandle, RedisClient, call_token, gather_all, pack
-from ._url import RedisOptions, parse_url
+from ._client import Arg, RedisStore, call_token, gather_all, pack
+from ._url import RedisOptions
 
 __all__ = [
     "KEEP_AFTER_EXPIRY",
@@ -127,7 +127,7 @@ class _Sweeper:
         self._behind = count >= SWEEP_BATCH
 
 
-class RedisResultBackend(ResultBackend):
+class RedisResultBackend(RedisStore, ResultBackend):
     """Task statuses, groups, chord claims and worker heartbeats in Redis.
 
     Args:
@@ -152,11 +152,10 @@ class RedisResultBackend(ResultBackend):
         server_clock: bool | None = None,
         share_connection: bool = True,
     ) -> None:
-        options = url if isinstance(url, RedisOptions) else parse_url(url)
+        options = self._open(
+            url, clock=clock, server_clock=server_clock, share_connection=share_connection
+        )
         super().__init__(clock=clock, poll_interval=options.poll_interval)
-        #: Whether the scripts read ``now`` from the server (``TIME``) or from ``clock``.
-        self.server_clock = clock is None if server_clock is None else server_clock
-        self._handle = ClientHandle(options, share=share_connection)
         self._prefix = options.prefix
         self._cluster = options.cluster
         self._tags = status_tags(options.prefix) if options.cluster else (options.prefix,)
@@ -165,16 +164,6 @@ class RedisResultBackend(ResultBackend):
         # waits next cannot miss a change made between that read and its wait (the
         # oldest are dropped past SEEN_LIMIT: a waiter that lost its own waits less).
         self._seen: dict[str, int | None] = {}
-
-    @property
-    def options(self) -> RedisOptions:
-        return self._handle.options
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.options.masked_url!r})"
-
-    def _client(self) -> RedisClient:
-        return self._handle.get()
 
     def _tag(self, task_id: str) -> str:
         """What a task's status keys start with: the prefix, or on a cluster its hash tag."""
@@ -202,10 +191,6 @@ class RedisResultBackend(ResultBackend):
             ) from exc
         status.expires_at = float(parts[2]) if parts[2] else None  # expire() changes only it
         return status
-
-    def _now(self) -> Arg:
-        """The ``now`` a script is sent: '' reads the server's clock (see lua/_args.lua)."""
-        return "" if self.server_clock else self.clock.now()
 
     def _live(self, value: bytes | None, now: float) -> TaskStatus | None:
         """The stored status if it has not expired by ``now``."""
@@ -523,6 +508,3 @@ class RedisResultBackend(ResultBackend):
     async def list_heartbeats(self) -> list[WorkerHeartbeat]:
         found = await self._client().script("heartbeat_get", self._heartbeat_keys(), [self._now()])
         return [_heartbeat_decoder.decode(data) for data in found if data]
-
-    async def aclose(self) -> None:
-        await self._handle.aclose()

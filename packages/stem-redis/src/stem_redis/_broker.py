@@ -47,8 +47,8 @@ from stem.contracts import (
 )
 
 from ._backend import RedisResultBackend
-from ._client import Arg, ClientHandle, RedisClient, call_token, gather_all, pack
-from ._url import RedisOptions, parse_url
+from ._client import Arg, RedisClient, RedisStore, call_token, gather_all, pack
+from ._url import RedisOptions
 
 __all__ = ["RedisBroker"]
 
@@ -123,7 +123,7 @@ def _malformed_letter(eid: str, fields: dict[bytes, bytes]) -> tuple[str, bytes]
     return message_id, body
 
 
-class RedisBroker(Broker):
+class RedisBroker(RedisStore, Broker):
     """Messages in Redis Streams, shared by every process that reaches the server.
 
     Args:
@@ -152,27 +152,16 @@ class RedisBroker(Broker):
         server_clock: bool | None = None,
         share_connection: bool = True,
     ) -> None:
-        options = url if isinstance(url, RedisOptions) else parse_url(url)
+        options = self._open(
+            url, clock=clock, server_clock=server_clock, share_connection=share_connection
+        )
         super().__init__(clock=clock, poll_interval=options.poll_interval)
-        #: Whether the scripts read ``now`` from the server (``TIME``) or from ``clock``.
-        self.server_clock = clock is None if server_clock is None else server_clock
-        self._handle = ClientHandle(options, share=share_connection)
         self._bases: dict[str, bytes] = {}
         self._cluster = options.cluster
         self._slots: dict[str, int] = {}
         # Per set of queues: the wake channels' counts noted before the last reserve,
         # and the next due time that reserve found (when it found nothing ready).
         self._drained: dict[tuple[str, ...], tuple[tuple[int, ...], float | None]] = {}
-
-    @property
-    def options(self) -> RedisOptions:
-        return self._handle.options
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.options.masked_url!r})"
-
-    def _client(self) -> RedisClient:
-        return self._handle.get()
 
     def _base(self, queue: str) -> bytes:
         base = self._bases.get(queue)
@@ -193,10 +182,6 @@ class RedisBroker(Broker):
         for i, queue in enumerate(queues):
             groups.setdefault(self._slot(queue), []).append(i)
         return list(groups.values())
-
-    def _now(self) -> Arg:
-        """The ``now`` a script is sent: '' reads the server's clock (see lua/_args.lua)."""
-        return "" if self.server_clock else self.clock.now()
 
     def _local(self, due: bytes | None, now: bytes) -> float | None:
         """A due time a script found, on its clock (read at ``now``), on this broker's."""
@@ -623,9 +608,6 @@ class RedisBroker(Broker):
             total += int(count)
             if not more:
                 return total
-
-    async def aclose(self) -> None:
-        await self._handle.aclose()
 
 
 def _chunks(items: list[Any], size: int) -> list[list[Any]]:

@@ -36,12 +36,12 @@ from redis.exceptions import (
     ConnectionError as RedisConnectionError,
 )
 
-from stem import AdapterError
+from stem import AdapterError, Clock
 
 from ._errors import translate
 from ._notify import Hub, ShardedHub
 from ._scripts import CLUSTER_SCRIPTS, SCRIPTS, Script
-from ._url import RedisOptions
+from ._url import RedisOptions, parse_url
 
 __all__ = ["Arg", "ClientHandle", "RedisClient", "call_token", "gather_all", "pack"]
 
@@ -337,3 +337,46 @@ class ClientHandle:
         shared = self._drop()
         if shared is not None:
             await shared.client.aclose()
+
+
+class RedisStore:
+    """What every Redis store shares: its options, its share of a client, and which clock
+    its scripts read (the base of the broker, the backend and every store)."""
+
+    _handle: ClientHandle
+    clock: Clock
+    #: Whether the scripts read ``now`` from the server (``TIME``) or from ``clock``.
+    server_clock: bool
+
+    def _open(
+        self,
+        url: str | RedisOptions,
+        *,
+        clock: Clock | None,
+        server_clock: bool | None,
+        share_connection: bool,
+    ) -> RedisOptions:
+        """Parse ``url`` and take a client handle (no I/O). ``server_clock`` None means
+        the server's clock when no ``clock`` is given (production), else ``clock``'s (a
+        FakeClock in tests)."""
+        options = url if isinstance(url, RedisOptions) else parse_url(url)
+        self.server_clock = clock is None if server_clock is None else server_clock
+        self._handle = ClientHandle(options, share=share_connection)
+        return options
+
+    def _now(self) -> Arg:
+        """The ``now`` a script is sent: '' reads the server's clock (see lua/_args.lua)."""
+        return "" if self.server_clock else self.clock.now()
+
+    @property
+    def options(self) -> RedisOptions:
+        return self._handle.options
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.options.masked_url!r})"
+
+    def _client(self) -> RedisClient:
+        return self._handle.get()
+
+    async def aclose(self) -> None:
+        await self._handle.aclose()

@@ -20,9 +20,8 @@ import msgspec
 from stem import AdapterError, Clock, SystemClock
 from stem.contracts import ControlChannel, ControlMessage
 
-from ._client import ClientHandle, RedisClient
-from ._stores import _Store
-from ._url import RedisOptions, parse_url
+from ._client import RedisClient, RedisStore
+from ._url import RedisOptions
 
 __all__ = ["RedisControlChannel"]
 
@@ -48,7 +47,7 @@ def _entries(reply: Any) -> list[tuple[str, bytes | None]]:
     return out
 
 
-class RedisControlChannel(_Store, ControlChannel):
+class RedisControlChannel(RedisStore, ControlChannel):
     """Remote control through Redis (see the module docstring for the keys).
 
     * ``send`` appends the message to the namespace's command stream; each listener
@@ -78,11 +77,12 @@ class RedisControlChannel(_Store, ControlChannel):
         reply_ttl: float = 300.0,
         share_connection: bool = True,
     ) -> None:
-        options = url if isinstance(url, RedisOptions) else parse_url(url)
         self.clock: Clock = clock or SystemClock()
+        options = self._open(
+            url, clock=clock, server_clock=False, share_connection=share_connection
+        )
         self.command_backlog = command_backlog
         self.reply_ttl = reply_ttl
-        self._handle = ClientHandle(options, share=share_connection)
         self._base = f"{{{options.prefix}:control}}"
         self._commands = f"{self._base}:commands"
 

@@ -5,14 +5,13 @@ from __future__ import annotations
 from stem import Clock, RateLimit, SystemClock
 from stem.contracts import RateLimiter, RateLimiterCapabilities
 
-from ._client import ClientHandle
-from ._stores import _Store
-from ._url import RedisOptions, parse_url
+from ._client import RedisStore
+from ._url import RedisOptions
 
 __all__ = ["RedisRateLimiter"]
 
 
-class RedisRateLimiter(_Store, RateLimiter):
+class RedisRateLimiter(RedisStore, RateLimiter):
     """GCRA in one script: ``P:rate:KEY`` holds the key's theoretical arrival time (when
     its next start is free), so ``rate_limit="10/s"`` holds across every worker.
 
@@ -45,11 +44,8 @@ class RedisRateLimiter(_Store, RateLimiter):
         server_clock: bool | None = None,
         share_connection: bool = True,
     ) -> None:
-        options = url if isinstance(url, RedisOptions) else parse_url(url)
         self.clock: Clock = clock or SystemClock()
-        #: Whether ``now`` is the server's (``TIME`` in the script) or this clock's.
-        self.server_clock = clock is None if server_clock is None else server_clock
-        self._handle = ClientHandle(options, share=share_connection)
+        self._open(url, clock=clock, server_clock=server_clock, share_connection=share_connection)
 
     def _key(self, key: str) -> str:
         return f"{self.options.prefix}:rate:{key}"

@@ -9,9 +9,8 @@ import msgspec
 from stem import Clock, DecodeError
 from stem.contracts import ScheduleEntry, ScheduleStore
 
-from ._client import ClientHandle
-from ._stores import _Store
-from ._url import RedisOptions, parse_url
+from ._client import RedisStore
+from ._url import RedisOptions
 
 __all__ = ["RedisScheduleStore"]
 
@@ -24,7 +23,7 @@ def _text(value: float | None) -> str:
     return "" if value is None else repr(float(value))
 
 
-class RedisScheduleStore(_Store, ScheduleStore):
+class RedisScheduleStore(RedisStore, ScheduleStore):
     """Beat entries under one hash tag, ``{P:schedule}``, so every script stays atomic on
     a cluster too: ``{P:schedule}:entries`` (a hash of id to entry) and
     ``{P:schedule}:due`` (the ids of enabled entries by ``next_run_at``).
@@ -47,9 +46,11 @@ class RedisScheduleStore(_Store, ScheduleStore):
         clock: Clock | None = None,
         share_connection: bool = True,
     ) -> None:
-        options = url if isinstance(url, RedisOptions) else parse_url(url)
         super().__init__(clock=clock)
-        self._handle = ClientHandle(options, share=share_connection)
+        # No clock mode: the caller passes ``now`` to due(), and nothing here compares times.
+        options = self._open(
+            url, clock=clock, server_clock=False, share_connection=share_connection
+        )
         base = f"{{{options.prefix}:schedule}}"
         self._keys = [f"{base}:entries", f"{base}:due"]
 

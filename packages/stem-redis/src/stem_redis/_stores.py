@@ -10,8 +10,8 @@ from stem import Clock
 from stem.contracts import LockStore, RevokeEntry, RevokeStore
 
 from ._backend import keep_ms
-from ._client import Arg, ClientHandle, RedisClient
-from ._url import RedisOptions, parse_url
+from ._client import Arg, RedisStore
+from ._url import RedisOptions
 
 __all__ = ["RedisLockStore", "RedisRevokeStore"]
 
@@ -19,31 +19,7 @@ _entry_decoder = msgspec.json.Decoder(RevokeEntry)
 _encoder = msgspec.json.Encoder()
 
 
-class _Store:
-    _handle: ClientHandle
-    clock: Clock
-    #: Whether the scripts read ``now`` from the server (``TIME``) or from ``clock``.
-    server_clock: bool
-
-    def _now(self) -> Arg:
-        """The ``now`` a script is sent: '' reads the server's clock (see lua/_args.lua)."""
-        return "" if self.server_clock else self.clock.now()
-
-    @property
-    def options(self) -> RedisOptions:
-        return self._handle.options
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.options.masked_url!r})"
-
-    def _client(self) -> RedisClient:
-        return self._handle.get()
-
-    async def aclose(self) -> None:
-        await self._handle.aclose()
-
-
-class RedisLockStore(_Store, LockStore):
+class RedisLockStore(RedisStore, LockStore):
     """Named locks with an owner and an end: ``P:lock:KEY``, a hash of owner and end.
 
     Acquire, renew and release are scripts, so only the live owner renews or releases.
@@ -70,10 +46,8 @@ class RedisLockStore(_Store, LockStore):
         server_clock: bool | None = None,
         share_connection: bool = True,
     ) -> None:
-        options = url if isinstance(url, RedisOptions) else parse_url(url)
         super().__init__(clock=clock)
-        self.server_clock = clock is None if server_clock is None else server_clock
-        self._handle = ClientHandle(options, share=share_connection)
+        self._open(url, clock=clock, server_clock=server_clock, share_connection=share_connection)
 
     def _key(self, key: str) -> str:
         return f"{self.options.prefix}:lock:{key}"
@@ -95,7 +69,7 @@ class RedisLockStore(_Store, LockStore):
         return None if owner is None else str(owner.decode())
 
 
-class RedisRevokeStore(_Store, RevokeStore):
+class RedisRevokeStore(RedisStore, RevokeStore):
     """Revocations under one hash tag, ``{P:revokes}``: the entries, their order (a
     sequence from ``INCR`` in the same script as the write) and their expiry.
 
@@ -123,10 +97,10 @@ class RedisRevokeStore(_Store, RevokeStore):
         server_clock: bool | None = None,
         share_connection: bool = True,
     ) -> None:
-        options = url if isinstance(url, RedisOptions) else parse_url(url)
         super().__init__(clock=clock)
-        self.server_clock = clock is None if server_clock is None else server_clock
-        self._handle = ClientHandle(options, share=share_connection)
+        options = self._open(
+            url, clock=clock, server_clock=server_clock, share_connection=share_connection
+        )
         base = f"{{{options.prefix}:revokes}}"
         self._keys = [base, f"{base}:seq", f"{base}:expiry", f"{base}:next"]
 
