@@ -140,14 +140,22 @@ def test_a_socket_left_by_a_dead_process_is_removed_by_the_next_send(bus: WakeBu
     assert not os.path.exists(dead)
 
 
-async def test_a_listening_socket_gets_the_datagram_and_goes_when_dropped(bus: WakeBus) -> None:
+async def test_a_listening_socket_gets_the_datagram_and_goes_when_dropped(
+    bus: WakeBus, monkeypatch: pytest.MonkeyPatch
+) -> None:
     got: asyncio.Queue[bytes] = asyncio.Queue()
     handle = bus.listen(asyncio.get_running_loop(), QUEUES, got.put_nowait)
     assert handle is not None
+    # This process skips its own sockets (its waiters are woken in-process)...
+    bus.send(QUEUES, b"mine")
+    # ...and another process (a forked child, say: another pid) sends to them
+    monkeypatch.setattr(os, "getpid", lambda: 1)
     sender = WakeBus(bus.directory.replace("stem-wake-", "unused-") + ".db")
-    sender.directory = bus.directory  # another process's bus on the same file
+    sender.directory = bus.directory
     sender.send(QUEUES, b"q\nother")
+    monkeypatch.undo()
     assert await asyncio.wait_for(got.get(), 5) == b"q\nother"
+    assert got.empty()
     [name] = os.listdir(bus.directory)
     del handle
     assert os.listdir(bus.directory) == []

@@ -49,7 +49,6 @@ class WakeBus:
         self.directory = os.path.join(tempfile.gettempdir(), f"stem-wake-{digest}")
         self._usable: bool | None = None  # decided on first use
         self._sender: socket.socket | None = None
-        self._own: set[str] = set()
         self._listed: dict[str, list[str]] = {QUEUES: [], STATUSES: []}
         self._listed_mtime = -1
         self._listed_at = 0.0
@@ -93,9 +92,8 @@ class WakeBus:
             with contextlib.suppress(OSError):
                 os.unlink(path)
             return None
-        self._own.add(path)
         handle = _Handle()
-        weakref.finalize(handle, _close, loop, sock, path, self._own)
+        weakref.finalize(handle, _close, loop, sock, path)
         return handle
 
     # -- sending ------------------------------------------------------------------------
@@ -141,10 +139,12 @@ class WakeBus:
                 names = os.listdir(self.directory)
             except OSError:
                 names = []
+            # This process's own sockets are left out: its waiters are woken in-process.
+            # (By process id, not by the sockets it bound: a forked child must wake them.)
+            own = f"-{os.getpid()}-"
             for name in names:
-                path = os.path.join(self.directory, name)
-                if name[:2] in ("q-", "s-") and path not in self._own:
-                    listed[name[0]].append(path)
+                if name[:2] in ("q-", "s-") and name[1 : 1 + len(own)] != own:
+                    listed[name[0]].append(os.path.join(self.directory, name))
             self._listed, self._listed_mtime, self._listed_at = listed, mtime, now
         return self._listed[kind]
 
@@ -164,8 +164,7 @@ def _drain(sock: socket.socket, on_wake: Callable[[bytes], None]) -> None:
         on_wake(payload)
 
 
-def _close(loop: asyncio.AbstractEventLoop, sock: socket.socket, path: str, own: set[str]) -> None:
-    own.discard(path)
+def _close(loop: asyncio.AbstractEventLoop, sock: socket.socket, path: str) -> None:
     if not loop.is_closed():
         with contextlib.suppress(Exception):
             loop.remove_reader(sock.fileno())
