@@ -1,9 +1,8 @@
 """Every contract suite against the Redis adapter, on a real ``redis-server``.
 
 Each test gets a key prefix of its own on the session's server (``redis_url``, from
-tests/conftest.py). The ``other_*`` fixtures open a second client with connections of
-its own (``share_connection=False``), as another process would, so the suites'
-concurrency tests race two clients for real.
+tests/conftest.py); the suites' fixtures are in _redis_suites.py, shared with the
+cluster's tests.
 """
 
 from __future__ import annotations
@@ -14,17 +13,24 @@ from typing import TypeVar
 
 import pytest
 import redis
+from _redis_suites import (
+    RedisBrokerSuite,
+    RedisControlChannelSuite,
+    RedisLockStoreSuite,
+    RedisRateLimiterOnTheServerClockSuite,
+    RedisRateLimiterSuite,
+    RedisResultBackendSuite,
+    RedisRevokeStoreSuite,
+    RedisScheduleStoreSuite,
+)
 
 from stem import Clock, FakeClock, RateLimit, Stem, SystemClock
 from stem.contracts import ControlMessage, RateLimiter
 from stem_adapter_tests import (
     BrokerContract,
-    ControlChannelContract,
     LockStoreContract,
-    RateLimiterContract,
     ResultBackendContract,
     RevokeStoreContract,
-    ScheduleStoreContract,
 )
 from stem_redis import (
     RedisBroker,
@@ -39,128 +45,36 @@ from stem_redis import (
 pytestmark = pytest.mark.redis
 
 
-class TestRedisBroker(BrokerContract):
-    @pytest.fixture
-    async def broker(self, clock: Clock, redis_url: str) -> AsyncIterator[RedisBroker]:
-        broker = RedisBroker(redis_url, clock=clock)
-        yield broker
-        await broker.aclose()
-
-    @pytest.fixture
-    async def other_broker(self, clock: Clock, redis_url: str) -> AsyncIterator[RedisBroker]:
-        other = RedisBroker(redis_url, clock=clock, share_connection=False)
-        yield other
-        await other.aclose()
-
-    @pytest.fixture
-    async def companion_backend(
-        self, clock: Clock, redis_url: str
-    ) -> AsyncIterator[RedisResultBackend]:
-        backend = RedisResultBackend(redis_url, clock=clock)  # the same server: one script
-        yield backend
-        await backend.aclose()
-
-    @pytest.fixture
-    async def companion_locks(self, clock: Clock, redis_url: str) -> AsyncIterator[RedisLockStore]:
-        locks = RedisLockStore(redis_url, clock=clock)
-        yield locks
-        await locks.aclose()
+class TestRedisBroker(RedisBrokerSuite):
+    pass
 
 
-class TestRedisResultBackend(ResultBackendContract):
-    @pytest.fixture
-    async def backend(self, clock: Clock, redis_url: str) -> AsyncIterator[RedisResultBackend]:
-        backend = RedisResultBackend(redis_url, clock=clock)
-        yield backend
-        await backend.aclose()
-
-    @pytest.fixture
-    async def other_backend(
-        self, clock: Clock, redis_url: str
-    ) -> AsyncIterator[RedisResultBackend]:
-        other = RedisResultBackend(redis_url, clock=clock, share_connection=False)
-        yield other
-        await other.aclose()
+class TestRedisResultBackend(RedisResultBackendSuite):
+    pass
 
 
-class TestRedisLockStore(LockStoreContract):
-    @pytest.fixture
-    async def locks(self, clock: Clock, redis_url: str) -> AsyncIterator[RedisLockStore]:
-        locks = RedisLockStore(redis_url, clock=clock)
-        yield locks
-        await locks.aclose()
-
-    @pytest.fixture
-    async def other_locks(self, clock: Clock, redis_url: str) -> AsyncIterator[RedisLockStore]:
-        other = RedisLockStore(redis_url, clock=clock, share_connection=False)
-        yield other
-        await other.aclose()
+class TestRedisLockStore(RedisLockStoreSuite):
+    pass
 
 
-class TestRedisRevokeStore(RevokeStoreContract):
-    @pytest.fixture
-    async def revokes(self, clock: Clock, redis_url: str) -> AsyncIterator[RedisRevokeStore]:
-        revokes = RedisRevokeStore(redis_url, clock=clock)
-        yield revokes
-        await revokes.aclose()
-
-    @pytest.fixture
-    async def other_revokes(self, clock: Clock, redis_url: str) -> AsyncIterator[RedisRevokeStore]:
-        other = RedisRevokeStore(redis_url, clock=clock, share_connection=False)
-        yield other
-        await other.aclose()
+class TestRedisRevokeStore(RedisRevokeStoreSuite):
+    pass
 
 
-class TestRedisScheduleStore(ScheduleStoreContract):
-    @pytest.fixture
-    async def schedules(self, clock: Clock, redis_url: str) -> AsyncIterator[RedisScheduleStore]:
-        schedules = RedisScheduleStore(redis_url, clock=clock)
-        yield schedules
-        await schedules.aclose()
-
-    @pytest.fixture
-    async def other_schedules(
-        self, clock: Clock, redis_url: str
-    ) -> AsyncIterator[RedisScheduleStore]:
-        other = RedisScheduleStore(redis_url, clock=clock, share_connection=False)
-        yield other
-        await other.aclose()
+class TestRedisScheduleStore(RedisScheduleStoreSuite):
+    pass
 
 
-class TestRedisRateLimiter(RateLimiterContract):
-    @pytest.fixture
-    async def limiter(self, clock: Clock, redis_url: str) -> AsyncIterator[RedisRateLimiter]:
-        limiter = RedisRateLimiter(redis_url, clock=clock)
-        yield limiter
-        await limiter.aclose()
-
-    @pytest.fixture
-    async def other_limiter(self, clock: Clock, redis_url: str) -> AsyncIterator[RedisRateLimiter]:
-        other = RedisRateLimiter(redis_url, clock=clock, share_connection=False)
-        yield other
-        await other.aclose()
+class TestRedisRateLimiter(RedisRateLimiterSuite):
+    pass
 
 
-class TestRedisRateLimiterOnTheServerClock(RateLimiterContract):
-    """With no clock given (production), the script reads the server's ``TIME``: the
-    suite runs in real time."""
+class TestRedisRateLimiterOnTheServerClock(RedisRateLimiterOnTheServerClockSuite):
+    pass
 
-    @pytest.fixture
-    def clock(self) -> Clock:
-        return SystemClock()
 
-    @pytest.fixture
-    async def limiter(self, redis_url: str) -> AsyncIterator[RedisRateLimiter]:
-        limiter = RedisRateLimiter(redis_url)
-        assert limiter.server_clock is True
-        yield limiter
-        await limiter.aclose()
-
-    @pytest.fixture
-    async def other_limiter(self, redis_url: str) -> AsyncIterator[RedisRateLimiter]:
-        other = RedisRateLimiter(redis_url, share_connection=False)
-        yield other
-        await other.aclose()
+class TestRedisControlChannel(RedisControlChannelSuite):
+    pass
 
 
 _ServerSide = TypeVar(
@@ -248,32 +162,6 @@ class TestRedisRevokeStoreOnTheServerClock(_OnTheServerClock, RevokeStoreContrac
         other = self.server_side(RedisRevokeStore(redis_url, share_connection=False))
         yield other
         await other.aclose()
-
-
-class TestRedisControlChannel(ControlChannelContract):
-    @pytest.fixture
-    async def control(self, clock: Clock, redis_url: str) -> AsyncIterator[RedisControlChannel]:
-        control = RedisControlChannel(redis_url, clock=clock)
-        yield control
-        await control.aclose()
-
-    @pytest.fixture
-    async def other_control(
-        self, clock: Clock, redis_url: str
-    ) -> AsyncIterator[RedisControlChannel]:
-        other = RedisControlChannel(redis_url, clock=clock, share_connection=False)
-        yield other
-        await other.aclose()
-
-    @pytest.fixture
-    async def foreign_control(
-        self, clock: Clock, redis_url: str
-    ) -> AsyncIterator[RedisControlChannel]:
-        # The same server, another app: its own prefix
-        foreign_url = redis_url.replace("prefix=", "prefix=foreign-")
-        foreign = RedisControlChannel(foreign_url, clock=clock)
-        yield foreign
-        await foreign.aclose()
 
 
 class _Bookings:

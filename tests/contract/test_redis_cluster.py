@@ -17,28 +17,24 @@ from typing import Any
 import pytest
 import redis
 import redis_server
+from _redis_suites import (
+    RedisBrokerSuite,
+    RedisControlChannelSuite,
+    RedisLockStoreSuite,
+    RedisRateLimiterOnTheServerClockSuite,
+    RedisRateLimiterSuite,
+    RedisResultBackendSuite,
+    RedisRevokeStoreSuite,
+    RedisScheduleStoreSuite,
+)
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
-from stem import AdapterError, Clock, ConfigurationError, FakeClock, Stem, SystemClock, TaskState
+from stem import AdapterError, ConfigurationError, FakeClock, Stem, TaskState
 from stem.contracts import Message, TaskStatus
-from stem_adapter_tests import (
-    BrokerContract,
-    ControlChannelContract,
-    LockStoreContract,
-    RateLimiterContract,
-    ResultBackendContract,
-    RevokeStoreContract,
-    ScheduleStoreContract,
-)
 from stem_adapter_tests._support import WAIT_LIMIT
 from stem_redis import (
     RedisBroker,
-    RedisControlChannel,
-    RedisLockStore,
-    RedisRateLimiter,
     RedisResultBackend,
-    RedisRevokeStore,
-    RedisScheduleStore,
     parse_url,
 )
 from stem_redis._backend import STATUS_TAGS, status_tags
@@ -121,7 +117,15 @@ def message(queue: str, label: str, **fields: Any) -> Message:
 # -- every contract suite, on the cluster -----------------------------------------------------
 
 
-class TestRedisClusterBroker(BrokerContract):
+class _OnTheCluster:
+    """The suites' stores on the cluster: ``redis_url`` names it, with this test's prefix."""
+
+    @pytest.fixture
+    def redis_url(self, redis_cluster_url: str) -> str:
+        return redis_cluster_url
+
+
+class TestRedisClusterBroker(_OnTheCluster, RedisBrokerSuite):
     @pytest.fixture
     def queue(self, cluster_map: ClusterMap, redis_cluster_url: str) -> str:
         """A queue of this test's own, on the next node in turn (the suites' other queues
@@ -129,172 +133,35 @@ class TestRedisClusterBroker(BrokerContract):
         node = cluster_map.nodes[next(_turn) % len(cluster_map.nodes)]
         return cluster_map.queue_on(prefix_of(redis_cluster_url), node)
 
-    @pytest.fixture
-    async def broker(self, clock: Clock, redis_cluster_url: str) -> AsyncIterator[RedisBroker]:
-        broker = RedisBroker(redis_cluster_url, clock=clock)
-        yield broker
-        await broker.aclose()
 
-    @pytest.fixture
-    async def other_broker(
-        self, clock: Clock, redis_cluster_url: str
-    ) -> AsyncIterator[RedisBroker]:
-        other = RedisBroker(redis_cluster_url, clock=clock, share_connection=False)
-        yield other
-        await other.aclose()
-
-    @pytest.fixture
-    async def companion_backend(
-        self, clock: Clock, redis_cluster_url: str
-    ) -> AsyncIterator[RedisResultBackend]:
-        backend = RedisResultBackend(redis_cluster_url, clock=clock)
-        yield backend
-        await backend.aclose()
-
-    @pytest.fixture
-    async def companion_locks(
-        self, clock: Clock, redis_cluster_url: str
-    ) -> AsyncIterator[RedisLockStore]:
-        locks = RedisLockStore(redis_cluster_url, clock=clock)
-        yield locks
-        await locks.aclose()
+class TestRedisClusterResultBackend(_OnTheCluster, RedisResultBackendSuite):
+    pass
 
 
-class TestRedisClusterResultBackend(ResultBackendContract):
-    @pytest.fixture
-    async def backend(
-        self, clock: Clock, redis_cluster_url: str
-    ) -> AsyncIterator[RedisResultBackend]:
-        backend = RedisResultBackend(redis_cluster_url, clock=clock)
-        yield backend
-        await backend.aclose()
-
-    @pytest.fixture
-    async def other_backend(
-        self, clock: Clock, redis_cluster_url: str
-    ) -> AsyncIterator[RedisResultBackend]:
-        other = RedisResultBackend(redis_cluster_url, clock=clock, share_connection=False)
-        yield other
-        await other.aclose()
+class TestRedisClusterLockStore(_OnTheCluster, RedisLockStoreSuite):
+    pass
 
 
-class TestRedisClusterLockStore(LockStoreContract):
-    @pytest.fixture
-    async def locks(self, clock: Clock, redis_cluster_url: str) -> AsyncIterator[RedisLockStore]:
-        locks = RedisLockStore(redis_cluster_url, clock=clock)
-        yield locks
-        await locks.aclose()
-
-    @pytest.fixture
-    async def other_locks(
-        self, clock: Clock, redis_cluster_url: str
-    ) -> AsyncIterator[RedisLockStore]:
-        other = RedisLockStore(redis_cluster_url, clock=clock, share_connection=False)
-        yield other
-        await other.aclose()
+class TestRedisClusterRevokeStore(_OnTheCluster, RedisRevokeStoreSuite):
+    pass
 
 
-class TestRedisClusterRevokeStore(RevokeStoreContract):
-    @pytest.fixture
-    async def revokes(
-        self, clock: Clock, redis_cluster_url: str
-    ) -> AsyncIterator[RedisRevokeStore]:
-        revokes = RedisRevokeStore(redis_cluster_url, clock=clock)
-        yield revokes
-        await revokes.aclose()
-
-    @pytest.fixture
-    async def other_revokes(
-        self, clock: Clock, redis_cluster_url: str
-    ) -> AsyncIterator[RedisRevokeStore]:
-        other = RedisRevokeStore(redis_cluster_url, clock=clock, share_connection=False)
-        yield other
-        await other.aclose()
+class TestRedisClusterScheduleStore(_OnTheCluster, RedisScheduleStoreSuite):
+    pass
 
 
-class TestRedisClusterScheduleStore(ScheduleStoreContract):
-    @pytest.fixture
-    async def schedules(
-        self, clock: Clock, redis_cluster_url: str
-    ) -> AsyncIterator[RedisScheduleStore]:
-        schedules = RedisScheduleStore(redis_cluster_url, clock=clock)
-        yield schedules
-        await schedules.aclose()
-
-    @pytest.fixture
-    async def other_schedules(
-        self, clock: Clock, redis_cluster_url: str
-    ) -> AsyncIterator[RedisScheduleStore]:
-        other = RedisScheduleStore(redis_cluster_url, clock=clock, share_connection=False)
-        yield other
-        await other.aclose()
+class TestRedisClusterRateLimiter(_OnTheCluster, RedisRateLimiterSuite):
+    pass
 
 
-class TestRedisClusterRateLimiter(RateLimiterContract):
-    @pytest.fixture
-    async def limiter(
-        self, clock: Clock, redis_cluster_url: str
-    ) -> AsyncIterator[RedisRateLimiter]:
-        limiter = RedisRateLimiter(redis_cluster_url, clock=clock)
-        yield limiter
-        await limiter.aclose()
-
-    @pytest.fixture
-    async def other_limiter(
-        self, clock: Clock, redis_cluster_url: str
-    ) -> AsyncIterator[RedisRateLimiter]:
-        other = RedisRateLimiter(redis_cluster_url, clock=clock, share_connection=False)
-        yield other
-        await other.aclose()
+class TestRedisClusterRateLimiterOnTheServerClock(
+    _OnTheCluster, RedisRateLimiterOnTheServerClockSuite
+):
+    pass
 
 
-class TestRedisClusterRateLimiterOnTheServerClock(RateLimiterContract):
-    """With no clock given (production), the script reads the node's ``TIME``."""
-
-    @pytest.fixture
-    def clock(self) -> Clock:
-        return SystemClock()
-
-    @pytest.fixture
-    async def limiter(self, redis_cluster_url: str) -> AsyncIterator[RedisRateLimiter]:
-        limiter = RedisRateLimiter(redis_cluster_url)
-        assert limiter.server_clock is True
-        yield limiter
-        await limiter.aclose()
-
-    @pytest.fixture
-    async def other_limiter(self, redis_cluster_url: str) -> AsyncIterator[RedisRateLimiter]:
-        other = RedisRateLimiter(redis_cluster_url, share_connection=False)
-        yield other
-        await other.aclose()
-
-
-class TestRedisClusterControlChannel(ControlChannelContract):
-    @pytest.fixture
-    async def control(
-        self, clock: Clock, redis_cluster_url: str
-    ) -> AsyncIterator[RedisControlChannel]:
-        control = RedisControlChannel(redis_cluster_url, clock=clock)
-        yield control
-        await control.aclose()
-
-    @pytest.fixture
-    async def other_control(
-        self, clock: Clock, redis_cluster_url: str
-    ) -> AsyncIterator[RedisControlChannel]:
-        other = RedisControlChannel(redis_cluster_url, clock=clock, share_connection=False)
-        yield other
-        await other.aclose()
-
-    @pytest.fixture
-    async def foreign_control(
-        self, clock: Clock, redis_cluster_url: str
-    ) -> AsyncIterator[RedisControlChannel]:
-        # The same server, another app: its own prefix
-        foreign_url = redis_cluster_url.replace("prefix=", "prefix=foreign-")
-        foreign = RedisControlChannel(foreign_url, clock=clock)
-        yield foreign
-        await foreign.aclose()
+class TestRedisClusterControlChannel(_OnTheCluster, RedisControlChannelSuite):
+    pass
 
 
 # -- where things live ------------------------------------------------------------------------
