@@ -8,19 +8,21 @@ by the time between them, which leaves out the worker's start-up and the tail.
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
 import platform
 import sqlite3
 import statistics
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 
 __all__ = [
     "BenchError",
     "Summary",
+    "comma_choices",
     "filesystem",
     "format_cell",
     "format_number",
@@ -167,3 +169,18 @@ def platform_settings() -> dict[str, str | int]:
         "cpus": os.cpu_count() or 0,
         "platform": platform.platform(terse=True),
     }
+
+
+def comma_choices(allowed: Sequence[str]) -> Callable[[str], list[str]]:
+    """An argparse type: a comma-separated list, each item one of ``allowed``."""
+
+    def parse(text: str) -> list[str]:
+        items = [t.strip().lower() for t in text.split(",") if t.strip()]
+        wrong = [t for t in items if t not in allowed]
+        if wrong or not items:
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: choose from {', '.join(allowed)} (comma-separated)"
+            )
+        return items
+
+    return parse

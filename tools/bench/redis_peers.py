@@ -38,12 +38,13 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from _measure import (
     BenchError,
+    comma_choices,
     format_cell,
     format_number,
     paired_ratios,
@@ -350,19 +351,6 @@ def _header(
     return lines
 
 
-def _choices(allowed: Sequence[str]) -> Callable[[str], list[str]]:
-    def parse(text: str) -> list[str]:
-        items = [t.strip().lower() for t in text.split(",") if t.strip()]
-        wrong = [t for t in items if t not in allowed]
-        if wrong or not items:
-            raise argparse.ArgumentTypeError(
-                f"{text!r}: choose from {', '.join(allowed)} (comma-separated)"
-            )
-        return items
-
-    return parse
-
-
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -373,13 +361,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--systems",
-        type=_choices(SYSTEMS),
+        type=comma_choices(SYSTEMS),
         default=list(SYSTEMS),
         help=f"which systems (default all: {','.join(SYSTEMS)})",
     )
     parser.add_argument(
         "--measures",
-        type=_choices(MEASURES),
+        type=comma_choices(MEASURES),
         default=list(MEASURES),
         help=f"which measures (default all: {','.join(MEASURES)})",
     )

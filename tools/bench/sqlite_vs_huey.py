@@ -38,13 +38,14 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from _floor import run_floor
 from _measure import (
     BenchError,
+    comma_choices,
     filesystem,
     percentile,
     platform_settings,
@@ -335,19 +336,6 @@ def _option(text: str) -> tuple[str, str]:
     return key, value
 
 
-def _choices(allowed: Sequence[str]) -> Callable[[str], list[str]]:
-    def parse(text: str) -> list[str]:
-        items = [t.strip().lower() for t in text.split(",") if t.strip()]
-        wrong = [t for t in items if t not in allowed]
-        if wrong or not items:
-            raise argparse.ArgumentTypeError(
-                f"{text!r}: choose from {', '.join(allowed)} (comma-separated)"
-            )
-        return items
-
-    return parse
-
-
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -358,19 +346,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--sync",
-        type=_choices(("full", "normal")),
+        type=comma_choices(("full", "normal")),
         default=["full", "normal"],
         help="synchronous settings to compare at (default full,normal)",
     )
     parser.add_argument(
         "--measures",
-        type=_choices(MEASURES),
+        type=comma_choices(MEASURES),
         default=list(MEASURES),
         help=f"which measures (default all: {','.join(MEASURES)})",
     )
     parser.add_argument(
         "--systems",
-        type=_choices(SYSTEMS),
+        type=comma_choices(SYSTEMS),
         default=list(SYSTEMS),
         help="which systems (default stem,huey,floor; huey is left out if not installed)",
     )
