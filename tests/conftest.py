@@ -54,9 +54,8 @@ def redis_server_url() -> Iterator[str]:
 @pytest.fixture
 def redis_url(redis_server_url: str) -> Iterator[str]:
     """``redis_server_url`` with a key prefix of this test's own."""
-    prefix = f"test-{uuid.uuid4().hex[:12]}"
-    separator = "&" if "?" in redis_server_url else "?"
-    yield f"{redis_server_url}{separator}prefix={prefix}"
+    url, prefix = _with_own_prefix(redis_server_url)
+    yield url
     if os.environ.get(REDIS_URL_ENV, "").strip():
         _delete_keys(redis_server_url, prefix)  # a server we did not start: leave it clean
 
@@ -79,9 +78,8 @@ def redis_cluster_server_url() -> Iterator[str]:
 @pytest.fixture
 def redis_cluster_url(redis_cluster_server_url: str) -> Iterator[str]:
     """``redis_cluster_server_url`` with a key prefix of this test's own."""
-    prefix = f"test-{uuid.uuid4().hex[:12]}"
-    separator = "&" if "?" in redis_cluster_server_url else "?"
-    yield f"{redis_cluster_server_url}{separator}prefix={prefix}"
+    url, prefix = _with_own_prefix(redis_cluster_server_url)
+    yield url
     if os.environ.get(REDIS_CLUSTER_URL_ENV, "").strip():
         from redis.cluster import ClusterNode, RedisCluster
 
@@ -100,6 +98,13 @@ def redis_cluster_url(redis_cluster_server_url: str) -> Iterator[str]:
                     client.unlink(key)
         finally:
             client.close()
+
+
+def _with_own_prefix(url: str) -> tuple[str, str]:
+    """``url`` with a key prefix no other test uses, and that prefix."""
+    prefix = f"test-{uuid.uuid4().hex[:12]}"
+    separator = "&" if "?" in url else "?"
+    return f"{url}{separator}prefix={prefix}", prefix
 
 
 def _delete_keys(url: str, prefix: str) -> None:
