@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from stem import Stem, TaskState
+from stem.contracts import subscriber_queue
 
 pytestmark = [pytest.mark.processes]
 
@@ -23,7 +24,7 @@ APP = """
 import asyncio, os
 from stem import Stem
 
-app = Stem.from_url(os.environ["STEM_URL"])
+app = Stem.from_url(os.environ["STEM_URL"], broadcast_queues=["news"])
 RUNS = os.environ["RUNS_FILE"]
 RELEASE = os.environ.get("RELEASE_FILE", "")
 STALL_AFTER = int(os.environ.get("STALL_AFTER", "0"))
@@ -48,6 +49,11 @@ async def step(ctx, n: int) -> int:
         await asyncio.Event().wait()
     await asyncio.sleep(0.01)  # a little real work, so a kill lands mid-run
     return n
+
+
+@app.task(name="work.news", queue="news")
+async def news(ctx) -> None:
+    record("start", ctx.id)
 
 
 @app.task(name="work.gated", visibility_timeout=30)
@@ -120,7 +126,7 @@ def workers(tmp_path: Path, stem_url: str) -> Iterator[Workers]:
 
 @pytest.fixture
 async def producer(workers: Workers) -> AsyncIterator[Stem]:
-    app = Stem.from_url(workers.url)
+    app = Stem.from_url(workers.url, broadcast_queues=["news"])
     yield app
     await app.aclose()
 
@@ -229,3 +235,51 @@ async def test_sigterm_finishes_running_tasks_and_returns_prefetched_ones(
     assert (stats.pending, stats.inflight, stats.dead) == (8, 0, 0)
     log = workers.log_of(proc)
     assert "SIGTERM: finishing running tasks" in log and "stopped" in log
+
+
+async def test_a_broadcast_reaches_every_live_worker_and_a_dead_ones_copies_are_reaped(
+    workers: Workers, producer: Stem, eventually: Eventually
+) -> None:
+    # Given three worker processes consuming the broadcast queue "news"
+    procs = [workers.start("-Q", "news", "--heartbeat-interval", "1") for _ in range(3)]
+
+    async def live_subscribers() -> list[str]:
+        return [s.subscriber for s in await producer.broker.subscriptions("news") if s.live]
+
+    async def three_subscribed() -> bool:
+        return len(await live_subscribers()) == 3
+
+    await eventually(three_subscribed)
+    # When five broadcasts are published
+    ids = [await producer.enqueue("work.news", queue="news") for _ in range(5)]
+
+    def ran_once_in_each(task_ids: list[str], pids: set[int]) -> Callable[[], Awaitable[bool]]:
+        async def check() -> bool:
+            runs = workers.runs_by_task()
+            return all(sorted(runs.get(i, [])) == sorted(pids) for i in task_ids)
+
+        return check
+
+    # Then each worker process runs each of them, once
+    await eventually(ran_once_in_each(ids, {p.pid for p in procs}))
+    # And when one worker is killed, the next broadcast reaches the two others
+    victim = procs.pop(0)
+    [victim_id] = [s for s in await live_subscribers() if f":{victim.pid}:" in s]
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    last = await producer.enqueue("work.news", queue="news")
+    await eventually(ran_once_in_each([last], {p.pid for p in procs}))
+
+    # and the dead one's subscription is reaped (3 s after its last renewal, then 3 s
+    # more), with the copy it will never run
+    async def reaped() -> bool:
+        subs = await producer.broker.subscriptions("news")
+        return sorted(s.subscriber for s in subs) == sorted(await live_subscribers()) and (
+            victim_id not in {s.subscriber for s in subs}
+        )
+
+    await eventually(reaped)
+    stats = await producer.broker.queue_stats(subscriber_queue("news", victim_id))
+    assert (stats.pending, stats.delayed, stats.inflight) == (0, 0, 0)
+    assert workers.runs_by_task()[last] == sorted(workers.runs_by_task()[last])
+    assert victim.pid not in workers.runs_by_task()[last]

@@ -969,6 +969,65 @@ class BrokerContract(ContractSuite):
             batch = await self.finish(clock, pending, nudge=broker.poll_interval, what="consume()")
             assert ids(batch) == [m.id]
 
+    # -- broadcast subscriptions --------------------------------------------------------
+
+    @requires("broadcast")
+    async def test_a_subscription_lives_for_its_ttl_and_renews(
+        self, broker: Broker, clock: Clock, queue: str
+    ) -> None:
+        await broker.subscribe(queue, "w1", HOLD)
+        [sub] = await broker.subscriptions(queue)
+        assert sub.subscriber == "w1" and sub.live
+        assert sub.expires_in == self.near(clock, HOLD)
+        # Renewing moves its end; a short one ends, and is still listed as ended
+        await broker.subscribe(queue, "w2", LEASE)
+        await broker.subscribe(queue, "w1", HOLD * 2)
+        await self.advance(clock, PAST)
+        w1, w2 = await broker.subscriptions(queue)
+        assert (w1.subscriber, w2.subscriber) == ("w1", "w2")
+        assert w1.live and w1.expires_in == self.near(clock, HOLD * 2 - PAST)
+        assert not w2.live and w2.expires_in <= 0
+
+    @requires("broadcast")
+    async def test_subscriptions_are_per_queue(self, broker: Broker, queue: str) -> None:
+        other = unique("other-queue")
+        await broker.subscribe(queue, "w1", HOLD)
+        await broker.subscribe(other, "w2", HOLD)
+        assert [s.subscriber for s in await broker.subscriptions(queue)] == ["w1"]
+        assert [s.subscriber for s in await broker.subscriptions(other)] == ["w2"]
+        assert await broker.subscriptions(unique("never")) == []
+
+    @requires("broadcast")
+    async def test_unsubscribe_removes_once(self, broker: Broker, queue: str) -> None:
+        await broker.subscribe(queue, "w1", HOLD)
+        assert await broker.unsubscribe(queue, "w1") is True
+        assert await broker.unsubscribe(queue, "w1") is False
+        assert await broker.subscriptions(queue) == []
+
+    @requires("broadcast")
+    async def test_unsubscribe_ended_for_spares_live_and_recent_subscriptions(
+        self, broker: Broker, clock: Clock, queue: str
+    ) -> None:
+        # Given one live subscription and one that ended just now
+        await broker.subscribe(queue, "live", HOLD)
+        await broker.subscribe(queue, "ended", LEASE)
+        await self.advance(clock, PAST)
+        # Then neither has been over for a whole HOLD, so neither is removed
+        assert await broker.unsubscribe(queue, "live", ended_for=HOLD) is False
+        assert await broker.unsubscribe(queue, "ended", ended_for=HOLD) is False
+        # But the ended one has been over for a moment
+        assert await broker.unsubscribe(queue, "ended", ended_for=PAST - LEASE - 0.05) is True
+        assert [s.subscriber for s in await broker.subscriptions(queue)] == ["live"]
+
+    @requires("broadcast", "shared")
+    async def test_subscriptions_are_shared_by_every_connection(
+        self, broker: Broker, other_broker: Broker, queue: str
+    ) -> None:
+        await broker.subscribe(queue, "w1", HOLD)
+        assert [s.subscriber for s in await other_broker.subscriptions(queue)] == ["w1"]
+        assert await other_broker.unsubscribe(queue, "w1") is True
+        assert await broker.subscriptions(queue) == []
+
     # -- the model ------------------------------------------------------------------------
 
     async def test_behaves_like_the_model(self, broker: Broker, clock: Clock) -> None:

@@ -22,6 +22,7 @@ from ._messages import (
     Envelope,
     Message,
     RevokeEntry,
+    TaskError,
     TaskResult,
     TaskState,
     TaskStatus,
@@ -50,6 +51,7 @@ from .contracts import (
     ScheduleStore,
     WorkflowStore,
     claim_unique,
+    subscriber_queue,
 )
 
 if TYPE_CHECKING:
@@ -101,6 +103,9 @@ class Stem:
             alone. :meth:`from_url` takes it from the adapter (Redis has one).
         control_channel: carries remote-control commands to workers and their replies;
             :meth:`from_url` takes it from the adapter.
+        broadcast_queues: queues whose every message goes to each worker consuming the
+            queue at the time it is published, rather than to one of them (see
+            docs/routing.md); the broker must have the ``broadcast`` capability.
     """
 
     def __init__(
@@ -120,6 +125,7 @@ class Stem:
         revoke_ttl: float | timedelta = 86400.0,
         rate_limiter: RateLimiter | None = None,
         control_channel: ControlChannel | None = None,
+        broadcast_queues: Iterable[str] = (),
     ) -> None:
         from .memory import MemoryLockStore, MemoryResultBackend, MemoryRevokeStore
 
@@ -143,6 +149,10 @@ class Stem:
         self.encoders = EncoderRegistry(encoders)
         self.wire_format: WireFormat = wire_format
         self.default_queue = check_queue(default_queue)
+        if isinstance(broadcast_queues, str):
+            broadcast_queues = [broadcast_queues]
+        self.broadcast_queues = frozenset(check_queue(q) for q in broadcast_queues)
+        _check_broadcast(broker, self.broadcast_queues)
         self.eager = eager
         ttl = seconds(revoke_ttl, "revoke_ttl")
         if ttl is None or ttl <= 0:
@@ -214,6 +224,11 @@ class Stem:
         enqueue through it reach the new broker too. Call it before the app is used.
         """
         fresh = Stem.from_url(url, clock=self.clock)
+        try:
+            _check_broadcast(fresh.broker, self.broadcast_queues)
+        except ConfigurationError:
+            await fresh.aclose()
+            raise
         await self._close_stores()
         self.broker, self.backend = fresh.broker, fresh.backend
         self.lock_store, self.revoke_store = fresh.lock_store, fresh.revoke_store
@@ -436,13 +451,17 @@ class Stem:
         if self.eager:
             existing = await self._enqueue_eagerly(messages, claims)
         else:
-            existing = await self.broker.enqueue(
-                messages,
-                [self.make_status(e, TaskState.QUEUED) for e in envelopes],
-                self.backend,
-                claims=claims if any(claims) else (),
-                locks=self.lock_store,
-            )
+            statuses = [self.make_status(e, TaskState.QUEUED) for e in envelopes]
+            if self.broadcast_queues and any(m.queue in self.broadcast_queues for m in messages):
+                existing = await self._enqueue_broadcast(messages, statuses, claims)
+            else:
+                existing = await self.broker.enqueue(
+                    messages,
+                    statuses,
+                    self.backend,
+                    claims=claims if any(claims) else (),
+                    locks=self.lock_store,
+                )
         ids: list[str] = []
         for envelope, holder in zip(envelopes, existing, strict=True):
             if holder is None:
@@ -454,6 +473,59 @@ class Stem:
                 self.unique.note_duplicate(envelope, holder)
                 await self.hooks.emit("on_duplicate", envelope=envelope, existing_id=holder)
         return ids
+
+    async def _enqueue_broadcast(
+        self,
+        messages: list[Message],
+        statuses: list[tuple[TaskStatus, float | None]],
+        claims: list[UniqueClaim | None],
+    ) -> list[str | None]:
+        """Enqueue with each message of a broadcast queue copied to every live subscriber
+        (on the subscriber's own queue), all copies in one publish; the copies share the
+        task id, status and body. A message with no live subscriber is not published: its
+        task gets a failed status saying so."""
+        live: dict[str, list[str]] = {}
+        for queue in dict.fromkeys(m.queue for m in messages if m.queue in self.broadcast_queues):
+            subs = await self.broker.subscriptions(queue)
+            live[queue] = [s.subscriber for s in subs if s.live]
+        copies: list[Message] = []
+        copy_statuses: list[tuple[TaskStatus, float | None]] = []
+        copy_claims: list[UniqueClaim | None] = []
+        first: list[int | None] = []  # each message's first copy
+        unheard: list[tuple[TaskStatus, float | None]] = []
+        for message, status, claim in zip(messages, statuses, claims, strict=True):
+            subscribers = live.get(message.queue)
+            targets = (
+                [message]
+                if subscribers is None
+                else [
+                    msgspec.structs.replace(message, queue=subscriber_queue(message.queue, s))
+                    for s in subscribers
+                ]
+            )
+            if not targets:
+                first.append(None)
+                unheard.append(_unheard(status[0]))
+                continue
+            first.append(len(copies))
+            copies.extend(targets)
+            copy_statuses.extend([status] * len(targets))
+            copy_claims.extend([claim] + [None] * (len(targets) - 1))
+        existing = await self.broker.enqueue(
+            copies,
+            copy_statuses,
+            self.backend,
+            claims=copy_claims if any(copy_claims) else (),
+            locks=self.lock_store,
+        )
+        if unheard:
+            await self.backend.set_statuses(unheard)
+            log.warning(
+                "no worker is subscribed to broadcast queue(s) %s: %d task(s) not delivered",
+                ", ".join(sorted({s.queue for s, _ in unheard})),
+                len(unheard),
+            )
+        return [None if index is None else existing[index] for index in first]
 
     async def _enqueue_eagerly(
         self, messages: list[Message], claims: list[UniqueClaim | None]
@@ -732,3 +804,24 @@ def _timestamp(value: Any, what: str) -> float | None:
     if isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
     raise ConfigurationError(f"{what} must be a datetime or a timestamp, not {value!r}")
+
+
+def _check_broadcast(broker: Broker, queues: frozenset[str]) -> None:
+    if queues and not broker.capabilities.broadcast:
+        raise ConfigurationError(
+            f"{type(broker).__name__} has no broadcast queues, which this app uses "
+            f"({', '.join(sorted(queues))}): use a broker that has them (memory, SQLite, "
+            "Redis), or drop broadcast_queues"
+        )
+
+
+def _unheard(status: TaskStatus) -> tuple[TaskStatus, float | None]:
+    """The status of a broadcast that no worker was subscribed to receive."""
+    error = TaskError(
+        type="NoSubscribers",
+        message=(
+            f"no worker was consuming broadcast queue {status.queue!r} when the task was "
+            "published, so no worker received it; start workers on the queue first"
+        ),
+    )
+    return msgspec.structs.replace(status, state=TaskState.FAILED, error=error), None

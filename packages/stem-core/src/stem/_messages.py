@@ -20,6 +20,7 @@ __all__ = [
     "Message",
     "QueueStats",
     "RevokeEntry",
+    "Subscription",
     "TaskError",
     "TaskResult",
     "TaskState",
@@ -151,6 +152,21 @@ class DeadLetterView(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def dead_at(self) -> float:
         return self.letter.dead_at
+
+
+class Subscription(msgspec.Struct, frozen=True, kw_only=True):
+    """A subscriber of a broadcast queue, and how long its subscription has left.
+
+    ``expires_in`` is in seconds on the broker's clock: positive while the subscription
+    is live, zero or negative once it has ended (minus how long ago).
+    """
+
+    subscriber: str
+    expires_in: float
+
+    @property
+    def live(self) -> bool:
+        return self.expires_in > 0
 
 
 class QueueStats(msgspec.Struct, frozen=True, kw_only=True):

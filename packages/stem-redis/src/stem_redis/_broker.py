@@ -42,6 +42,7 @@ from stem.contracts import (
     Message,
     QueueStats,
     ResultBackend,
+    Subscription,
     TaskStatus,
     UniqueClaim,
 )
@@ -142,7 +143,7 @@ class RedisBroker(RedisStore, Broker):
     The constructor does no I/O: it connects on first use.
     """
 
-    capabilities = BrokerCapabilities(notify=True)
+    capabilities = BrokerCapabilities(notify=True, broadcast=True)
 
     def __init__(
         self,
@@ -608,6 +609,31 @@ class RedisBroker(RedisStore, Broker):
             total += int(count)
             if not more:
                 return total
+
+    # -- broadcast subscriptions ----------------------------------------------------------
+
+    async def subscribe(self, queue: str, subscriber: str, ttl: float) -> None:
+        await self._client().script(
+            "subscribe", [self._base(queue)], [subscriber, self._now(), ttl]
+        )
+
+    async def subscriptions(self, queue: str) -> list[Subscription]:
+        now, flat = await self._client().script("subscriptions", [self._base(queue)], [self._now()])
+        ends = {flat[i].decode(): float(flat[i + 1]) for i in range(0, len(flat), 2)}
+        return [
+            Subscription(subscriber=name, expires_in=ends[name] - float(now))
+            for name in sorted(ends)
+        ]
+
+    async def unsubscribe(
+        self, queue: str, subscriber: str, *, ended_for: float | None = None
+    ) -> bool:
+        removed = await self._client().script(
+            "unsubscribe",
+            [self._base(queue)],
+            [subscriber, self._now(), "" if ended_for is None else ended_for],
+        )
+        return bool(removed)
 
 
 def _chunks(items: list[Any], size: int) -> list[list[Any]]:

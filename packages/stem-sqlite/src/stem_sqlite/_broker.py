@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
 import sqlite3
@@ -18,6 +19,7 @@ from stem.contracts import (
     Message,
     QueueStats,
     ResultBackend,
+    Subscription,
     TaskState,
     TaskStatus,
     UniqueClaim,
@@ -112,7 +114,7 @@ class SqliteBroker(FileStore, Broker):
     The constructor does not touch the file; it is opened, created and migrated on first use.
     """
 
-    capabilities = BrokerCapabilities(notify=True)
+    capabilities = BrokerCapabilities(notify=True, broadcast=True)
 
     def __init__(
         self,
@@ -447,6 +449,30 @@ class SqliteBroker(FileStore, Broker):
         db = await self._db()
         return await db.write(_purge, queue, self.clock.now())
 
+    # -- broadcast subscriptions ----------------------------------------------------------
+
+    async def subscribe(self, queue: str, subscriber: str, ttl: float) -> None:
+        db = await self._db()
+        await db.write(_subscribe, queue, subscriber, self.clock.now() + ttl)
+
+    async def subscriptions(self, queue: str) -> list[Subscription]:
+        db = await self._db()
+        rows = await db.run(
+            _fetchall,
+            "SELECT subscriber, expires_at FROM stem_subscriptions WHERE queue = ?"
+            " ORDER BY subscriber",
+            (queue,),
+        )
+        now = self.clock.now()
+        return [Subscription(subscriber=name, expires_in=end - now) for name, end in rows]
+
+    async def unsubscribe(
+        self, queue: str, subscriber: str, *, ended_for: float | None = None
+    ) -> bool:
+        ended_by = math.inf if ended_for is None else self.clock.now() - ended_for
+        db = await self._db()
+        return await db.write(_unsubscribe, queue, subscriber, ended_by)
+
     async def aclose(self) -> None:
         await self._client.aclose()
 
@@ -456,6 +482,22 @@ class SqliteBroker(FileStore, Broker):
 
 def _fetchall(conn: sqlite3.Connection, sql: str, params: tuple[Any, ...]) -> list[Any]:
     return conn.execute(sql, params).fetchall()
+
+
+def _subscribe(conn: sqlite3.Connection, queue: str, subscriber: str, until: float) -> None:
+    conn.execute(
+        "INSERT INTO stem_subscriptions (queue, subscriber, expires_at) VALUES (?, ?, ?)"
+        " ON CONFLICT (queue, subscriber) DO UPDATE SET expires_at = excluded.expires_at",
+        (queue, subscriber, until),
+    )
+
+
+def _unsubscribe(conn: sqlite3.Connection, queue: str, subscriber: str, ended_by: float) -> bool:
+    cursor = conn.execute(
+        "DELETE FROM stem_subscriptions WHERE queue = ? AND subscriber = ? AND expires_at <= ?",
+        (queue, subscriber, ended_by),
+    )
+    return cursor.rowcount > 0
 
 
 def _queues_of(messages: Sequence[Message]) -> list[str]:

@@ -9,6 +9,7 @@ from .._messages import (
     Message,
     QueueStats,
     RevokeEntry,
+    Subscription,
     TaskState,
     TaskStatus,
     UniqueClaim,
@@ -16,7 +17,7 @@ from .._messages import (
 )
 from ._adapter import Adapter
 from ._backend import ResultBackend
-from ._broker import Broker, BrokerCapabilities, claim_unique
+from ._broker import Broker, BrokerCapabilities, claim_unique, subscriber_queue
 from ._locks import LockStore, RevokeStore
 from ._ratelimit import RateLimiter, RateLimiterCapabilities
 from ._schedule import ScheduleEntry, ScheduleStore
@@ -45,6 +46,7 @@ __all__ = [
     "ScheduleEntry",
     "ScheduleStore",
     "StepCheckpoint",
+    "Subscription",
     "TaskState",
     "TaskStatus",
     "UniqueClaim",
@@ -53,4 +55,5 @@ __all__ = [
     "WorkflowRun",
     "WorkflowStore",
     "claim_unique",
+    "subscriber_queue",
 ]

@@ -16,6 +16,7 @@ from .._messages import (
     Delivery,
     Message,
     QueueStats,
+    Subscription,
     TaskError,
     TaskState,
     TaskStatus,
@@ -24,7 +25,7 @@ from .._messages import (
 from ._backend import ResultBackend
 from ._locks import LockStore
 
-__all__ = ["Broker", "BrokerCapabilities"]
+__all__ = ["Broker", "BrokerCapabilities", "subscriber_queue"]
 
 
 class BrokerCapabilities:
@@ -35,12 +36,14 @@ class BrokerCapabilities:
         delayed: holds messages with an ``eta`` until it is due.
         shared: several processes can use the same broker (not true of ``memory://``).
         notify: consumers are woken by new messages instead of polling.
+        broadcast: keeps subscriptions for broadcast queues (:meth:`Broker.subscribe`).
     """
 
     priority: bool = True
     delayed: bool = True
     shared: bool = True
     notify: bool = False
+    broadcast: bool = False
 
     def __init__(self, **flags: bool) -> None:
         for name, value in flags.items():
@@ -282,8 +285,40 @@ class Broker(abc.ABC):
     async def purge(self, queue: str) -> int:
         """Delete every ready and delayed message of ``queue``; returns how many."""
 
+    # -- broadcast subscriptions ----------------------------------------------------------
+    #
+    # A broadcast queue gives every subscriber its own copy of each message. The broker
+    # keeps the subscriptions; the app makes the copies, one per live subscriber, on
+    # the subscriber's own queue (:func:`subscriber_queue`), where each copy is leased,
+    # retried and dead-lettered like any message. Brokers without the ``broadcast``
+    # capability raise NotImplementedError.
+
+    async def subscribe(self, queue: str, subscriber: str, ttl: float) -> None:
+        """Subscribe ``subscriber`` to broadcast ``queue`` until ``ttl`` seconds from now
+        (on this broker's clock); subscribing again renews it."""
+        raise NotImplementedError(f"{type(self).__name__} has no broadcast queues")
+
+    async def subscriptions(self, queue: str) -> list[Subscription]:
+        """Every subscription of ``queue``, ended ones included, by subscriber name."""
+        raise NotImplementedError(f"{type(self).__name__} has no broadcast queues")
+
+    async def unsubscribe(
+        self, queue: str, subscriber: str, *, ended_for: float | None = None
+    ) -> bool:
+        """Remove a subscription; with ``ended_for``, only if it ended at least that many
+        seconds ago (so one renewed meanwhile stays). True if it was removed."""
+        raise NotImplementedError(f"{type(self).__name__} has no broadcast queues")
+
     async def aclose(self) -> None:
         """Release connections; the broker is not used after this."""
+
+
+def subscriber_queue(queue: str, subscriber: str) -> str:
+    """The queue holding ``subscriber``'s copies of broadcast ``queue``'s messages.
+
+    Queue names have no whitespace, so the space keeps every pair's name distinct.
+    """
+    return f"{queue} {subscriber}"
 
 
 async def claim_unique(

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from msgspec.structs import replace
 
 from .._clock import Clock
-from .._messages import DeadLetter, Delivery, Message, QueueStats
+from .._messages import DeadLetter, Delivery, Message, QueueStats, Subscription
 from .._notify import Notifier
 from ..contracts import Broker, BrokerCapabilities
 
@@ -45,11 +45,13 @@ class MemoryBroker(Broker):
     and a lease that ran out is reclaimed on the next read.
     """
 
-    capabilities = BrokerCapabilities(shared=False, notify=True)
+    capabilities = BrokerCapabilities(shared=False, notify=True, broadcast=True)
 
     def __init__(self, *, clock: Clock | None = None, poll_interval: float = 1.0) -> None:
         super().__init__(clock=clock, poll_interval=poll_interval)
         self._queues: dict[str, _Queue] = {}
+        # Broadcast queue -> subscriber -> when the subscription ends.
+        self._subscriptions: dict[str, dict[str, float]] = {}
         self._seq = itertools.count()
         self._notifier = Notifier()
 
@@ -250,3 +252,21 @@ class MemoryBroker(Broker):
         q.ready.clear()
         q.delayed.clear()
         return count
+
+    async def subscribe(self, queue: str, subscriber: str, ttl: float) -> None:
+        self._subscriptions.setdefault(queue, {})[subscriber] = self.clock.now() + ttl
+
+    async def subscriptions(self, queue: str) -> list[Subscription]:
+        now = self.clock.now()
+        ends = self._subscriptions.get(queue, {})
+        return [Subscription(subscriber=s, expires_in=ends[s] - now) for s in sorted(ends)]
+
+    async def unsubscribe(
+        self, queue: str, subscriber: str, *, ended_for: float | None = None
+    ) -> bool:
+        ends = self._subscriptions.get(queue, {})
+        end = ends.get(subscriber)
+        if end is None or (ended_for is not None and end > self.clock.now() - ended_for):
+            return False
+        del ends[subscriber]
+        return True

@@ -17,7 +17,7 @@ async def autoscale(worker: Worker) -> None:
     while True:
         await worker.app.clock.sleep(worker.autoscale_interval)
         backlog = 0
-        for queue in worker.queues:
+        for queue in worker.read_queues:
             backlog += await worker.broker.pending_count(queue)
         busy = len(worker.jobs)
         concurrency = worker.concurrency

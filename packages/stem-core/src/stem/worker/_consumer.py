@@ -44,7 +44,7 @@ class Consumer:
             try:
                 # While this read is out, the messages it asks for count as held: no
                 # other read is made, so prefetch=0 never takes more than the free slots.
-                batch = await worker.broker.reserve(worker.queues, wanted, worker.lease)
+                batch = await worker.broker.reserve(worker.read_queues, wanted, worker.lease)
                 worker.last_consumed_at = worker.app.clock.now()
                 if not batch:
                     await self._wait_for_messages()
@@ -113,9 +113,9 @@ class Consumer:
         """Wait until a message may be ready: woken by the broker, by the next due time, or by stop."""
         worker = self.worker
         timeout = worker.broker.poll_interval
-        due = await worker.broker.next_due(worker.queues)
+        due = await worker.broker.next_due(worker.read_queues)
         if due is not None:
             timeout = max(0.0, min(timeout, due - worker.app.clock.now()))
         await first(
-            worker.broker.wait_for_messages(worker.queues, timeout), worker._stopping.wait()
+            worker.broker.wait_for_messages(worker.read_queues, timeout), worker._stopping.wait()
         )

@@ -386,9 +386,14 @@ def _why(exc: BaseException) -> str:
 
 
 def retry_message(
-    envelope: Envelope, eta: float, wire_format: Any, meta: dict[str, Any] | None = None
+    envelope: Envelope,
+    queue: str,
+    eta: float,
+    wire_format: Any,
+    meta: dict[str, Any] | None = None,
 ) -> Message:
-    """The message that carries the next attempt (or a rate-limited postponement)."""
+    """The message that carries the next attempt (or a rate-limited postponement), on
+    ``queue``: the delivery's own, which for a broadcast copy is its subscriber's."""
     changes: dict[str, Any] = {"eta": eta}
     new_meta = {k: v for k, v in envelope.meta.items() if k != "stem.rate_booked"}
     if meta:
@@ -397,7 +402,7 @@ def retry_message(
     updated = msgspec.structs.replace(envelope, **changes)
     return Message(
         id=updated.id,
-        queue=updated.queue,
+        queue=queue,
         body=encode_envelope(updated, wire_format),
         priority=updated.priority,
         eta=eta,

@@ -61,7 +61,12 @@ class Outcomes:
             countdown = max(0.0, outcome.countdown or 0.0)
             following = msgspec.structs.replace(envelope, attempt=envelope.attempt + 1)
             await worker.broker.publish(
-                retry_message(following, app.clock.now() + countdown, app.wire_format)
+                retry_message(
+                    following,
+                    job.delivery.message.queue,
+                    app.clock.now() + countdown,
+                    app.wire_format,
+                )
             )
             await worker._settlement.write(
                 app.make_status(envelope, TaskState.RETRIED, outcome=outcome, worker=worker.id),
@@ -242,7 +247,13 @@ class Outcomes:
         """Put a message back with an eta (rate limits), as a new message so it is not counted as a failed delivery."""
         worker = self.worker
         await worker.broker.publish(
-            retry_message(envelope, worker.app.clock.now() + delay, worker.app.wire_format, meta)
+            retry_message(
+                envelope,
+                job.delivery.message.queue,
+                worker.app.clock.now() + delay,
+                worker.app.wire_format,
+                meta,
+            )
         )
         await worker._settlement.write(None, job.delivery)
 

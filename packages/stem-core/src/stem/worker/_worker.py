@@ -24,8 +24,9 @@ from .._messages import RevokeEntry, WorkerHeartbeat
 from .._options import PoolKind
 from .._ratelimit import LocalRateLimiter
 from .._task import Task
-from ..contracts import RateLimiter
+from ..contracts import RateLimiter, subscriber_queue
 from ._autoscale import autoscale
+from ._broadcast import keep_subscriptions, subscribe
 from ._consumer import Consumer
 from ._heartbeats import heartbeat_of, send_heartbeat, send_heartbeats
 from ._interrupt import ThreadPool
@@ -121,6 +122,8 @@ class Worker:
         self.app = app
         self.broker = app.broker
         self.queues = list(queues or [app.default_queue])
+        #: The broadcast queues among them, whose copies come on queues of this worker's own.
+        self.broadcast_queues = [q for q in self.queues if q in app.broadcast_queues]
         self.min_concurrency, self.max_concurrency = low, high
         self.concurrency = low
         self.pool = pool
@@ -139,6 +142,10 @@ class Worker:
         if not isinstance(self.id, str) or not _encodes(self.id):
             # It is in every status the worker writes, which are not checked one by one.
             raise ConfigurationError(f"worker_id must be valid Unicode text, not {self.id!r}")
+        #: The queues the worker reads: its queues, each broadcast one by this worker's copies.
+        self.read_queues = [
+            subscriber_queue(q, self.id) if q in app.broadcast_queues else q for q in self.queues
+        ]
         self.threads = ThreadPool(high)  # its own threads: see ._interrupt
         self.processes = ProcessPool(process_pool_size or min(high, os.cpu_count() or 1))
         self.revoked: dict[str, RevokeEntry] = {}
@@ -192,6 +199,8 @@ class Worker:
         timeouts = [t.options_.visibility_timeout for t in self.app.tasks.values()]
         self.lease = min([self.lease, *timeouts])
         await self._revocations.sync()
+        # Subscribed before start() returns: a broadcast published after that reaches it.
+        await subscribe(self)
         await self.app.hooks.emit("on_worker_start", worker=self)
         self._loops = [
             asyncio.ensure_future(self._guard(self._consumer.run(), "consumer")),
@@ -199,6 +208,10 @@ class Worker:
             asyncio.ensure_future(self._guard(send_heartbeats(self), "heartbeat")),
             asyncio.ensure_future(self._guard(self._revocations.run(), "revocation")),
         ]
+        if self.broadcast_queues:
+            self._loops.append(
+                asyncio.ensure_future(self._guard(keep_subscriptions(self), "subscriptions"))
+            )
         if self.min_concurrency != self.max_concurrency:
             self._loops.append(asyncio.ensure_future(self._guard(autoscale(self), "autoscaler")))
         self._slots.add()

@@ -6,6 +6,7 @@
 --   B:seq        publish order of delayed messages with the same eta
 --   B:dead       dead letters (a stream), B:dead:ids message id -> dead entry ids
 --   B:once:TOKEN publishes already done (for a minute), see first_run
+--   B:subs       broadcast subscriptions: member subscriber, score = when it ends
 -- and the pub/sub channel B:wake, told when messages become ready.
 
 local GROUP = 'stem'
