@@ -13,6 +13,7 @@ from stem.memory import (
     MemoryResultBackend,
     MemoryRevokeStore,
     MemoryScheduleStore,
+    MemoryWorkflowStore,
 )
 from stem_adapter_tests import (
     BrokerContract,
@@ -22,6 +23,7 @@ from stem_adapter_tests import (
     ResultBackendContract,
     RevokeStoreContract,
     ScheduleStoreContract,
+    WorkflowStoreContract,
 )
 
 pytestmark = pytest.mark.memory
@@ -104,3 +106,9 @@ class TestMemoryAdapterWiring:
             assert app.worker(rate_limiter=own).rate_limiter is own
         finally:
             await app.aclose()
+
+
+class TestMemoryWorkflowStore(WorkflowStoreContract):
+    @pytest.fixture
+    async def workflows(self, clock: Clock) -> MemoryWorkflowStore:
+        return MemoryWorkflowStore(clock=clock)

@@ -23,6 +23,7 @@ from ._ratelimit import RateLimiterContract
 from ._revoke import RevokeStoreContract
 from ._schedule import ScheduleStoreContract
 from ._support import requires
+from ._workflow import WorkflowStoreContract
 from .plugin import skip_or_fail
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "ResultBackendContract",
     "RevokeStoreContract",
     "ScheduleStoreContract",
+    "WorkflowStoreContract",
     "requires",
     "skip_or_fail",
 ]

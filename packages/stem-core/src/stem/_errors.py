@@ -9,6 +9,11 @@ Every error Stem raises on purpose derives from :class:`StemError`::
     ├── SerializationError        (also a TypeError) a value cannot be encoded for the wire
     ├── DecodeError               bytes from a broker or store cannot be decoded
     ├── UnknownTaskError          a task name is not registered with the app
+    ├── UnknownWorkflowError      a workflow name is not registered with the app
+    ├── DuplicateRunError         a workflow run with that id exists already
+    ├── LeaseLostError            a workflow run's lease passed to another worker
+    ├── NonDeterminismError       a replay met a different step than the one recorded
+    ├── EventTimeoutError         (also a TimeoutError) a workflow's event wait ran out
     ├── TaskTimeoutError          (also a TimeoutError) waiting for a result took too long
     ├── AdapterError              a broker or store failed; the driver error is the __cause__
     │   ├── SchemaVersionError    a database was written by a newer Stem
@@ -31,6 +36,10 @@ __all__ = [
     "ArgumentError",
     "ConfigurationError",
     "DecodeError",
+    "DuplicateRunError",
+    "EventTimeoutError",
+    "LeaseLostError",
+    "NonDeterminismError",
     "Reject",
     "Retry",
     "SchemaVersionError",
@@ -43,6 +52,7 @@ __all__ = [
     "TimeLimitExceeded",
     "UnknownSchemeError",
     "UnknownTaskError",
+    "UnknownWorkflowError",
 ]
 
 
@@ -76,6 +86,29 @@ class DecodeError(StemError):
 
 class UnknownTaskError(StemError, LookupError):
     """The task name is not registered with this app."""
+
+
+class UnknownWorkflowError(StemError, LookupError):
+    """The workflow name is not registered with this app."""
+
+
+class DuplicateRunError(StemError):
+    """A workflow run with this id exists already: pick another id, or read that run."""
+
+
+class LeaseLostError(StemError):
+    """This process's lease on a workflow run ended and another worker (or a cancel or
+    rewind) took the run: its writes are refused so they cannot overwrite newer ones."""
+
+
+class NonDeterminismError(StemError):
+    """A workflow's replay reached a different step than the one its run recorded: the
+    code changed under a running workflow. Guard the change with ``wf.patched(...)``."""
+
+
+class EventTimeoutError(StemError, TimeoutError):
+    """``wf.wait_for_event`` ran out of time before the event came; catch it in the
+    workflow to take another path."""
 
 
 class TaskTimeoutError(StemError, TimeoutError):

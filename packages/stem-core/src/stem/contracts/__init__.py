@@ -22,7 +22,15 @@ from ._locks import LockStore, RevokeStore
 from ._ratelimit import RateLimiter, RateLimiterCapabilities
 from ._schedule import ScheduleEntry, ScheduleStore
 from ._signals import ControlChannel, ControlMessage, EventBus
-from ._workflow import RunStatus, StepCheckpoint, Watcher, WorkflowRun, WorkflowStore
+from ._workflow import (
+    Resume,
+    RunPolicy,
+    RunStatus,
+    StepCheckpoint,
+    Watcher,
+    WorkflowRun,
+    WorkflowStore,
+)
 
 __all__ = [
     "Adapter",
@@ -40,8 +48,10 @@ __all__ = [
     "RateLimiter",
     "RateLimiterCapabilities",
     "ResultBackend",
+    "Resume",
     "RevokeEntry",
     "RevokeStore",
+    "RunPolicy",
     "RunStatus",
     "ScheduleEntry",
     "ScheduleStore",

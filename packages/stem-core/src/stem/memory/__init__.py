@@ -18,6 +18,7 @@ from ..contracts import (
     ResultBackend,
     RevokeStore,
     ScheduleStore,
+    WorkflowStore,
 )
 from ._backend import MemoryResultBackend
 from ._broker import MemoryBroker
@@ -27,6 +28,7 @@ from ._stores import (
     MemoryRevokeStore,
     MemoryScheduleStore,
 )
+from ._workflow import MemoryWorkflowStore
 
 __all__ = [
     "MemoryAdapter",
@@ -36,6 +38,7 @@ __all__ = [
     "MemoryResultBackend",
     "MemoryRevokeStore",
     "MemoryScheduleStore",
+    "MemoryWorkflowStore",
     "adapter",
 ]
 
@@ -69,6 +72,9 @@ class MemoryAdapter(Adapter):
 
     def schedule_store(self, url: str, *, clock: Clock | None = None) -> ScheduleStore:
         return self._shared(url, "schedules", MemoryScheduleStore, clock)  # type: ignore[return-value]
+
+    def workflow_store(self, url: str, *, clock: Clock | None = None) -> WorkflowStore:
+        return self._shared(url, "workflows", MemoryWorkflowStore, clock)  # type: ignore[return-value]
 
     def control_channel(self, url: str, *, clock: Clock | None = None) -> ControlChannel:
         return self._shared(url, "control", MemoryControlChannel, clock)  # type: ignore[return-value]
