@@ -7,11 +7,15 @@ process would, so the suites' concurrency tests race two clients for real.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
 from stem import Clock, SystemClock
+from stem.contracts import RunStatus
+from stem.memory import MemoryWorkflowStore
 from stem_adapter_tests import (
     BrokerContract,
     ControlChannelContract,
@@ -20,7 +24,9 @@ from stem_adapter_tests import (
     ResultBackendContract,
     RevokeStoreContract,
     ScheduleStoreContract,
+    WorkflowStoreContract,
 )
+from stem_adapter_tests._support import WAIT_LIMIT, unique
 from stem_redis import (
     RedisBroker,
     RedisControlChannel,
@@ -29,6 +35,7 @@ from stem_redis import (
     RedisResultBackend,
     RedisRevokeStore,
     RedisScheduleStore,
+    RedisWorkflowStore,
 )
 
 __all__ = [
@@ -40,6 +47,8 @@ __all__ = [
     "RedisResultBackendSuite",
     "RedisRevokeStoreSuite",
     "RedisScheduleStoreSuite",
+    "RedisWorkflowStoreOnTheServerClockSuite",
+    "RedisWorkflowStoreSuite",
 ]
 
 
@@ -127,6 +136,119 @@ class RedisScheduleStoreSuite(ScheduleStoreContract):
         self, clock: Clock, redis_url: str
     ) -> AsyncIterator[RedisScheduleStore]:
         other = RedisScheduleStore(redis_url, clock=clock, share_connection=False)
+        yield other
+        await other.aclose()
+
+
+class RedisWorkflowStoreSuite(WorkflowStoreContract):
+    @pytest.fixture
+    async def workflows(self, clock: Clock, redis_url: str) -> AsyncIterator[RedisWorkflowStore]:
+        workflows = RedisWorkflowStore(redis_url, clock=clock)
+        yield workflows
+        await workflows.aclose()
+
+    @pytest.fixture
+    async def other_workflows(
+        self, clock: Clock, redis_url: str
+    ) -> AsyncIterator[RedisWorkflowStore]:
+        other = RedisWorkflowStore(redis_url, clock=clock, share_connection=False)
+        yield other
+        await other.aclose()
+
+    # -- beyond the contract: what the Redis store does its own way --------------------------
+
+    async def test_wait_for_change_is_woken_by_a_publish_from_another_client(
+        self, workflows: RedisWorkflowStore, other_workflows: RedisWorkflowStore, clock: Clock
+    ) -> None:
+        run = self.run(clock)
+        await workflows.create_run(run)
+        # The FakeClock stands still: only a notification can end this wait
+        waiting = asyncio.ensure_future(workflows.wait_for_change(run.id, 3600.0))
+        claimed = await other_workflows.claim_run(run.id, "w1", 3600.0)
+        assert claimed is not None
+        async with asyncio.timeout(WAIT_LIMIT):
+            while not waiting.done():  # changes made before it subscribed go unseen
+                assert await other_workflows.renew_run(run.id, claimed.fence, 3600.0)
+                await asyncio.wait({waiting}, timeout=0.01)
+
+    async def test_a_change_between_get_run_and_wait_for_change_ends_the_wait_at_once(
+        self, workflows: RedisWorkflowStore, other_workflows: RedisWorkflowStore, clock: Clock
+    ) -> None:
+        run = self.run(clock)
+        await workflows.create_run(run)
+        assert await workflows.get_run(run.id) == run
+        assert await other_workflows.claim_run(run.id, "w1", 3600.0) is not None
+        async with asyncio.timeout(WAIT_LIMIT):  # published before it subscribed
+            await workflows.wait_for_change(run.id, 3600.0)
+
+    async def test_listing_with_a_parent_and_other_filters_pages_like_memory(
+        self, workflows: RedisWorkflowStore, clock: Clock
+    ) -> None:
+        memory = MemoryWorkflowStore(clock=clock)
+        parent = unique("parent")
+        for i in range(9):
+            run = self.run(
+                clock,
+                workflow=f"wf-{i % 2}",
+                parent_id=parent if i != 4 else unique("parent"),
+                created_at=clock.now() + 9 - i,  # created in the reverse of their ids
+            )
+            for store in (workflows, memory):
+                await store.create_run(run)
+                if i % 3 == 0:
+                    assert await store.claim_run(run.id, "w1", 3600.0) is not None
+        queries: list[dict[str, Any]] = [
+            {"parent_id": parent},
+            {"parent_id": parent, "workflow": "wf-0"},
+            {"parent_id": parent, "workflow": "wf-0", "limit": 2, "offset": 1},
+            {"parent_id": parent, "status": RunStatus.RUNNING, "offset": 1},
+            {"parent_id": parent, "workflow": "wf-1", "status": RunStatus.PENDING, "limit": 1},
+            {"workflow": "wf-1", "status": RunStatus.RUNNING},
+            {"status": RunStatus.PENDING, "limit": 3, "offset": 2},
+            {"limit": 4, "offset": 3},
+            {"limit": 0},
+        ]
+        for query in queries:
+            got = [r.id for r in await workflows.list_runs(**query)]
+            assert got == [r.id for r in await memory.list_runs(**query)], query
+
+    async def test_due_runs_tied_on_wake_at_come_in_creation_order(
+        self, workflows: RedisWorkflowStore, clock: Clock
+    ) -> None:
+        wake = clock.now() - 1
+        base = unique("tie")
+        # Created in the reverse order of their ids, all due at the same time
+        runs = [
+            self.run(clock, id=f"{base}-{9 - i}", created_at=clock.now() + i, wake_at=wake)
+            for i in range(4)
+        ]
+        for run in runs:
+            await workflows.create_run(run)
+        ids = {r.id for r in runs}
+        got = await self.due(workflows, ids, limit=1)
+        got += await self.due(workflows, ids, limit=2)
+        got += await self.due(workflows, ids, limit=5)
+        assert got == [r.id for r in runs]
+
+
+class RedisWorkflowStoreOnTheServerClockSuite(WorkflowStoreContract):
+    """With no clock given (production), the scripts read the server's ``TIME``: the
+    suite runs in real time."""
+
+    @pytest.fixture
+    def clock(self) -> Clock:
+        return SystemClock()
+
+    @pytest.fixture
+    async def workflows(self, redis_url: str) -> AsyncIterator[RedisWorkflowStore]:
+        workflows = RedisWorkflowStore(redis_url)
+        assert workflows.server_clock is True
+        yield workflows
+        await workflows.aclose()
+
+    @pytest.fixture
+    async def other_workflows(self, redis_url: str) -> AsyncIterator[RedisWorkflowStore]:
+        other = RedisWorkflowStore(redis_url, share_connection=False)
         yield other
         await other.aclose()
 

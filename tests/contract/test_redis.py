@@ -22,6 +22,8 @@ from _redis_suites import (
     RedisResultBackendSuite,
     RedisRevokeStoreSuite,
     RedisScheduleStoreSuite,
+    RedisWorkflowStoreOnTheServerClockSuite,
+    RedisWorkflowStoreSuite,
 )
 
 from stem import Clock, FakeClock, RateLimit, Stem, SystemClock
@@ -40,6 +42,7 @@ from stem_redis import (
     RedisResultBackend,
     RedisRevokeStore,
     RedisScheduleStore,
+    RedisWorkflowStore,
 )
 
 pytestmark = pytest.mark.redis
@@ -62,6 +65,14 @@ class TestRedisRevokeStore(RedisRevokeStoreSuite):
 
 
 class TestRedisScheduleStore(RedisScheduleStoreSuite):
+    pass
+
+
+class TestRedisWorkflowStore(RedisWorkflowStoreSuite):
+    pass
+
+
+class TestRedisWorkflowStoreOnTheServerClock(RedisWorkflowStoreOnTheServerClockSuite):
     pass
 
 
@@ -210,6 +221,7 @@ class TestRedisRateLimitAcrossWorkers:
             assert isinstance(app.rate_limiter, RedisRateLimiter)
             assert isinstance(app.control_channel, RedisControlChannel)
             assert isinstance(app.schedule_store, RedisScheduleStore)
+            assert isinstance(app.workflow_store, RedisWorkflowStore)
             assert app.worker().rate_limiter is app.rate_limiter
             assert other.rate_limiter is mine  # one passed in wins
         finally:

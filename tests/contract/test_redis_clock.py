@@ -17,7 +17,14 @@ from typing import Any, TypeVar
 import pytest
 
 from stem import FakeClock, RateLimit, Stem
-from stem.contracts import Message, RevokeEntry, TaskState, TaskStatus, WorkerHeartbeat
+from stem.contracts import (
+    Message,
+    RevokeEntry,
+    TaskState,
+    TaskStatus,
+    WorkerHeartbeat,
+    WorkflowRun,
+)
 from stem_redis import (
     RedisAdapter,
     RedisBroker,
@@ -25,6 +32,7 @@ from stem_redis import (
     RedisRateLimiter,
     RedisResultBackend,
     RedisRevokeStore,
+    RedisWorkflowStore,
 )
 
 pytestmark = pytest.mark.redis
@@ -38,7 +46,13 @@ SHORT = 1.0
 MARGIN = 0.05
 
 S = TypeVar(
-    "S", RedisBroker, RedisResultBackend, RedisLockStore, RedisRevokeStore, RedisRateLimiter
+    "S",
+    RedisBroker,
+    RedisResultBackend,
+    RedisLockStore,
+    RedisRevokeStore,
+    RedisRateLimiter,
+    RedisWorkflowStore,
 )
 Build = Callable[..., Any]
 
@@ -214,6 +228,48 @@ async def test_what_a_client_an_hour_ahead_writes_expires_on_the_servers_clock(
     assert await worker.list() == []
 
 
+# -- workflow runs ----------------------------------------------------------------------------
+
+
+async def test_a_workflow_runs_lease_taken_an_hour_ahead_ends_on_the_servers_clock(
+    build: Build,
+) -> None:
+    ahead, behind = build(RedisWorkflowStore, +HOUR), build(RedisWorkflowStore, -HOUR)
+    run = WorkflowRun(id=f"run-{uuid.uuid4().hex[:8]}", workflow="w", created_at=time.time())
+    await ahead.create_run(run)
+    held = await ahead.claim_run(run.id, "a", SHORT)
+    assert held is not None
+    # The lease end, and every time the store sets, is the server's: within SHORT of now
+    assert held.lease_expires_at is not None and 0 < held.lease_expires_at - time.time() <= SHORT
+    assert abs(held.updated_at - time.time()) < SHORT
+    # An hour behind, its clock says the lease has an hour to go; an hour ahead, that it
+    # ended long ago: neither matters, the lease is live on the server's clock
+    assert await behind.claim_run(run.id, "b", HOLD) is None
+    assert await ahead.claim_run(run.id, "a2", HOLD) is None
+    assert await behind.due_runs() == []
+    # The next wake is told on the asker's clock
+    wake = await behind.next_wake()
+    assert wake is not None and 0 < wake - behind.clock.now() <= SHORT
+    await wait_past(SHORT)
+    assert await behind.due_runs(redispatch_after=HOLD) == [run.id]
+    taken = await behind.claim_run(run.id, "b", HOLD)
+    assert taken is not None and taken.fence == held.fence + 1
+    assert not await ahead.renew_run(run.id, held.fence, HOLD)
+
+
+async def test_a_workflow_runs_lease_taken_an_hour_behind_holds_against_one_ahead(
+    build: Build,
+) -> None:
+    behind, ahead = build(RedisWorkflowStore, -HOUR), build(RedisWorkflowStore, +HOUR)
+    run = WorkflowRun(id=f"run-{uuid.uuid4().hex[:8]}", workflow="w", created_at=time.time())
+    await behind.create_run(run)
+    held = await behind.claim_run(run.id, "b", HOLD)
+    assert held is not None
+    assert await ahead.claim_run(run.id, "a", HOLD) is None
+    assert await ahead.due_runs() == []
+    assert await behind.renew_run(run.id, held.fence, HOLD)
+
+
 # -- which clock ------------------------------------------------------------------------------
 
 
@@ -228,6 +284,7 @@ async def test_the_server_clock_is_the_default_without_a_clock_and_a_given_clock
         adapter.lock_store,
         adapter.revoke_store,
         adapter.rate_limiter,
+        adapter.workflow_store,
     ):
         production, tested = factory(redis_url), factory(redis_url, clock=fake)
         made += [production, tested]

@@ -26,15 +26,18 @@ from _redis_suites import (
     RedisResultBackendSuite,
     RedisRevokeStoreSuite,
     RedisScheduleStoreSuite,
+    RedisWorkflowStoreOnTheServerClockSuite,
+    RedisWorkflowStoreSuite,
 )
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
 from stem import AdapterError, ConfigurationError, FakeClock, Stem, TaskState
-from stem.contracts import Message, TaskStatus
+from stem.contracts import Message, StepCheckpoint, TaskStatus, WorkflowRun
 from stem_adapter_tests._support import WAIT_LIMIT
 from stem_redis import (
     RedisBroker,
     RedisResultBackend,
+    RedisWorkflowStore,
     parse_url,
 )
 from stem_redis._backend import STATUS_TAGS, status_tags
@@ -150,6 +153,16 @@ class TestRedisClusterScheduleStore(_OnTheCluster, RedisScheduleStoreSuite):
     pass
 
 
+class TestRedisClusterWorkflowStore(_OnTheCluster, RedisWorkflowStoreSuite):
+    pass
+
+
+class TestRedisClusterWorkflowStoreOnTheServerClock(
+    _OnTheCluster, RedisWorkflowStoreOnTheServerClockSuite
+):
+    pass
+
+
 class TestRedisClusterRateLimiter(_OnTheCluster, RedisRateLimiterSuite):
     pass
 
@@ -227,6 +240,42 @@ async def test_two_queues_keys_are_each_on_one_node_and_the_nodes_differ(
         for other in cluster_map.nodes:
             if other != node:
                 assert cluster_map.keys_on(other, f"{tag}*") == []
+
+
+async def test_every_workflow_key_is_in_the_one_slot_of_the_prefixs_wf_tag(
+    redis_cluster_url: str, clock: FakeClock, cluster_map: ClusterMap
+) -> None:
+    store = RedisWorkflowStore(redis_cluster_url, clock=clock)
+    prefix = store.options.prefix
+    try:
+        # Given every kind of key workflows have: runs with ids that hash anywhere, a
+        # parent, checkpoints, a watcher, an event kept for a run, and a wake time
+        for i in range(6):
+            run = WorkflowRun(
+                id=f"run-{i}-{uuid.uuid4().hex[:6]}",
+                workflow=f"wf-{i % 2}",
+                parent_id="parent" if i else None,
+                created_at=clock.now(),
+                wake_at=clock.now() + 60,
+            )
+            await store.create_run(run)
+            claimed = await store.claim_run(run.id, "w1", HOLD)
+            assert claimed is not None
+            await store.save_step(
+                run.id, claimed.fence, StepCheckpoint(run_id=run.id, position=0, name="a")
+            )
+            assert await store.send_event(run.id, f"kept-{i}", {"n": i})
+            await store.suspend(run.id, claimed.fence, wake_at=None, topic=f"t-{i % 3}")
+        tag = f"{{{prefix}:wf}}"
+        found = {node: cluster_map.keys_on(node, f"*{prefix}*") for node in cluster_map.nodes}
+        [(node, keys)] = [(node, keys) for node, keys in found.items() if keys]
+        # Then they are all on one node, in the slot of the tag
+        assert node == cluster_map.node_of(tag)
+        assert len(keys) >= 20, keys
+        assert all(key.startswith(tag) for key in keys), keys
+        assert {cluster_map.server_slot(key) for key in keys} == {key_slot(tag.encode())}
+    finally:
+        await store.aclose()
 
 
 async def test_statuses_spread_over_every_node_in_shares_of_their_slots(

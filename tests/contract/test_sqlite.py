@@ -19,6 +19,7 @@ from stem_adapter_tests import (
     ResultBackendContract,
     RevokeStoreContract,
     ScheduleStoreContract,
+    WorkflowStoreContract,
 )
 from stem_sqlite import (
     SqliteBroker,
@@ -26,6 +27,7 @@ from stem_sqlite import (
     SqliteResultBackend,
     SqliteRevokeStore,
     SqliteScheduleStore,
+    SqliteWorkflowStore,
 )
 
 pytestmark = pytest.mark.sqlite
@@ -121,5 +123,21 @@ class TestSqliteScheduleStore(ScheduleStoreContract):
         self, schedules: SqliteScheduleStore, clock: Clock
     ) -> AsyncIterator[SqliteScheduleStore]:
         other = SqliteScheduleStore(schedules.path, clock=clock, share_connection=False)
+        yield other
+        await other.aclose()
+
+
+class TestSqliteWorkflowStore(WorkflowStoreContract):
+    @pytest.fixture
+    async def workflows(self, clock: Clock, tmp_path: Path) -> AsyncIterator[SqliteWorkflowStore]:
+        workflows = SqliteWorkflowStore(tmp_path / "stem.db", clock=clock)
+        yield workflows
+        await workflows.aclose()
+
+    @pytest.fixture
+    async def other_workflows(
+        self, workflows: SqliteWorkflowStore, clock: Clock
+    ) -> AsyncIterator[SqliteWorkflowStore]:
+        other = SqliteWorkflowStore(workflows.path, clock=clock, share_connection=False)
         yield other
         await other.aclose()

@@ -20,6 +20,7 @@ def test_all_is_pinned() -> None:
         "SqliteResultBackend",
         "SqliteRevokeStore",
         "SqliteScheduleStore",
+        "SqliteWorkflowStore",
         "adapter",
         "parse_url",
     ]

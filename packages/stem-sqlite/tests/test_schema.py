@@ -12,8 +12,14 @@ from pathlib import Path
 import pytest
 
 from stem import AdapterError, FakeClock, SchemaVersionError
-from stem.contracts import Message, RevokeEntry, TaskState
-from stem_sqlite import SCHEMA_VERSION, SqliteBroker, SqliteResultBackend, SqliteRevokeStore
+from stem.contracts import Message, RevokeEntry, TaskState, WorkflowRun
+from stem_sqlite import (
+    SCHEMA_VERSION,
+    SqliteBroker,
+    SqliteResultBackend,
+    SqliteRevokeStore,
+    SqliteWorkflowStore,
+)
 from stem_sqlite._schema import migrations, split_statements
 
 pytestmark = pytest.mark.sqlite
@@ -33,6 +39,11 @@ TABLES = {
     "stem_locks",
     "stem_revokes",
     "stem_schedules",
+    "stem_subscriptions",
+    "stem_workflow_runs",
+    "stem_workflow_steps",
+    "stem_workflow_watchers",
+    "stem_workflow_mail",
 }
 
 
@@ -331,3 +342,25 @@ async def test_version_2_files_get_the_lean_status_indexes(
         "stem_task_statuses_expires": ["expires_at"],
     }
     assert schema_version(db_path) == SCHEMA_VERSION
+
+
+async def test_version_5_files_get_the_workflow_tables_and_keep_their_data(
+    db_path: Path, file_at_version: FileAtVersion
+) -> None:
+    # Given a file at schema version 5, with a message and no workflow tables
+    with file_at_version(db_path, 5) as conn:
+        conn.execute(
+            "INSERT INTO stem_messages (queue, id, body, due) VALUES ('q', 'kept', x'00', 0)"
+        )
+    assert "stem_workflow_runs" not in tables(db_path)
+    # When a workflow store opens it
+    store = SqliteWorkflowStore(db_path, clock=FakeClock())
+    try:
+        await store.create_run(WorkflowRun(id="r1", workflow="w"))
+        assert [r.id for r in await store.list_runs(workflow="w")] == ["r1"]
+    finally:
+        await store.aclose()
+    # Then the file is at the current version, with its message and every table
+    assert schema_version(db_path) == SCHEMA_VERSION == 6
+    assert message_ids(db_path) == ["kept"]
+    assert tables(db_path) >= TABLES

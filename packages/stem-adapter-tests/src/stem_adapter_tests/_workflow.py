@@ -304,6 +304,7 @@ class WorkflowStoreContract(ContractSuite):
         run = self.run(clock, wake_at=clock.now() + 5)
         await workflows.create_run(run)
         wake = await workflows.next_wake()
+        assert run.wake_at is not None
         assert wake is None or wake <= run.wake_at + (0.001 if self.is_fake(clock) else 2.0)
 
     # -- events ---------------------------------------------------------------------------

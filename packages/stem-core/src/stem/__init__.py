@@ -57,6 +57,16 @@ from ._messages import (
 from ._options import ExponentialBackoff, RateLimit, TaskOptions
 from ._registry import register_adapter
 from ._task import Task, TaskCall, TaskContext, TaskRef
+from ._workflows import (
+    ChildWorkflowError,
+    Flow,
+    FlowContext,
+    StepRetry,
+    Workflow,
+    WorkflowContext,
+    WorkflowRef,
+    WorkflowResult,
+)
 
 __version__ = "0.1.0"
 
@@ -64,6 +74,7 @@ __all__ = [
     "DEFAULT_URL",
     "AdapterError",
     "ArgumentError",
+    "ChildWorkflowError",
     "Clock",
     "ConfigurationError",
     "DeadLetter",
@@ -76,6 +87,8 @@ __all__ = [
     "EventTimeoutError",
     "ExponentialBackoff",
     "FakeClock",
+    "Flow",
+    "FlowContext",
     "Hooks",
     "JsonPayloadEncoder",
     "LeaseLostError",
@@ -90,6 +103,7 @@ __all__ = [
     "Stem",
     "StemError",
     "StemWarning",
+    "StepRetry",
     "StoreLostError",
     "SystemClock",
     "Task",
@@ -107,6 +121,10 @@ __all__ = [
     "UnknownTaskError",
     "UnknownWorkflowError",
     "WorkerHeartbeat",
+    "Workflow",
+    "WorkflowContext",
+    "WorkflowRef",
+    "WorkflowResult",
     "__version__",
     "register_adapter",
 ]

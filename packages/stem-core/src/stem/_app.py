@@ -41,6 +41,15 @@ from ._portal import Portal
 from ._registry import get_adapter
 from ._task import NamedTask, Task, TaskCall, TaskContext, TaskRef, check_call_shape, task_name
 from ._unique import UniqueCoordinator
+from ._workflows import (
+    Flow,
+    Workflow,
+    WorkflowContext,
+    WorkflowRef,
+    WorkflowResult,
+    Workflows,
+    policy_of,
+)
 from .contracts import (
     Broker,
     ControlChannel,
@@ -163,6 +172,8 @@ class Stem:
         self.unique = UniqueCoordinator(self.lock_store)
         #: The broker's dead letters, decoded for reading; replay is a fresh start.
         self.dead_letters = DeadLetters(self)
+        #: The registered workflows, and the operations on runs (see stem._workflows).
+        self.workflows = Workflows(self)
         self._portal = Portal()
         #: The broker's and the backend's URLs when built by :meth:`from_url` (None when
         #: the stores were passed in); they may hold a password, so do not print them as is.
@@ -241,7 +252,10 @@ class Stem:
     def workflow_store(self) -> WorkflowStore:
         store = self._workflow_store
         if store is None:
-            raise ConfigurationError("this app has no workflow store; pass workflow_store=")
+            # As with the result backend: in memory, for this process only.
+            from .memory import MemoryWorkflowStore
+
+            store = self._workflow_store = MemoryWorkflowStore(clock=self.clock)
         if not isinstance(store, WorkflowStore):
             store = self._workflow_store = store()
         return store
@@ -367,6 +381,129 @@ class Stem:
         handle: Task[Any, Any] = Task(self, fn, opts)
         self.tasks[name] = handle
         return handle
+
+    # -- workflows ------------------------------------------------------------------------
+
+    @overload
+    def workflow(
+        self, fn: Callable[Concatenate[WorkflowContext, P], Awaitable[R]], /
+    ) -> Workflow[P, R]: ...
+    @overload
+    def workflow(
+        self,
+        fn: None = None,
+        /,
+        *,
+        name: str | None = None,
+        queue: str | None = None,
+        max_run_duration: float | timedelta | None = None,
+        max_suspend_duration: float | timedelta | None = None,
+    ) -> _WorkflowDecorator: ...
+
+    def workflow(self, fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
+        """Register an ``async def`` taking a :class:`WorkflowContext` first as a durable
+        workflow script; use bare or with options. Returns a handle whose ``.start(...)``
+        takes the function's other parameters.
+
+        Raises:
+            ConfigurationError: an option is invalid, or the name is taken.
+        """
+        if fn is not None:
+            return self._register_workflow(fn, options)
+        return lambda f: self._register_workflow(f, options)
+
+    def _register_workflow(
+        self, fn: Callable[..., Any], options: dict[str, Any]
+    ) -> Workflow[Any, Any]:
+        if not inspect.iscoroutinefunction(fn):
+            raise ConfigurationError(
+                f"a workflow must be an async def taking a WorkflowContext first, not {fn!r}"
+            )
+        unknown = set(options) - {"name", "queue", "max_run_duration", "max_suspend_duration"}
+        if unknown:
+            raise ConfigurationError(f"unknown workflow option(s): {', '.join(sorted(unknown))}")
+        name = options.get("name") or task_name(fn)
+        policy = policy_of(options.get("max_run_duration"), options.get("max_suspend_duration"))
+        handle: Workflow[Any, Any] = Workflow(
+            self, name, fn, queue=options.get("queue"), policy=policy
+        )
+        self.workflows.register(handle)
+        return handle
+
+    def flow(
+        self,
+        name: str,
+        *,
+        queue: str | None = None,
+        max_run_duration: float | timedelta | None = None,
+        max_suspend_duration: float | timedelta | None = None,
+    ) -> Flow:
+        """Declare a flow: add its steps with ``@flow.step(name)``, in order."""
+        if not isinstance(name, str) or not name:
+            raise ConfigurationError(f"a flow needs a name, not {name!r}")
+        handle = Flow(
+            self, name, queue=queue, policy=policy_of(max_run_duration, max_suspend_duration)
+        )
+        self.workflows.register(handle)
+        return handle
+
+    async def start_workflow(
+        self,
+        name: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        run_id: str | None = None,
+        queue: str | None = None,
+        max_run_duration: float | timedelta | None = None,
+        max_suspend_duration: float | timedelta | None = None,
+    ) -> WorkflowRef[Any]:
+        """Start a run of a workflow by name (it need not be registered here); returns
+        its id at once. ``run_id`` chooses the id (a second start with it raises
+        :class:`DuplicateRunError`)."""
+        policy = policy_of(max_run_duration, max_suspend_duration)
+        run = await self.workflows.start(
+            name, dict(params or {}), run_id=run_id, queue=queue, policy=policy
+        )
+        return WorkflowRef(run)
+
+    @overload
+    async def wait_for_workflow(
+        self, run_id: WorkflowRef[T], *, timeout: float | None = None
+    ) -> WorkflowResult[T]: ...
+    @overload
+    async def wait_for_workflow(
+        self, run_id: str, *, timeout: float | None = None, decode: Any = None
+    ) -> WorkflowResult[Any]: ...
+
+    async def wait_for_workflow(
+        self, run_id: str, *, timeout: float | None = None, decode: Any = None
+    ) -> WorkflowResult[Any]:
+        """Wait until a run completes, fails or is cancelled, or ``timeout`` seconds pass
+        (then ``timed_out`` is true); works from any process sharing the workflow store.
+
+        Raises:
+            UnknownWorkflowError: there is no such run.
+        """
+        return await self.workflows.wait(run_id, timeout=timeout, decode=decode)
+
+    async def emit_event(self, topic: str, payload: Any = None) -> list[str]:
+        """Resume every run waiting on ``topic`` with ``payload``; returns their ids.
+        Runs that wait on it later do not see it (use :meth:`send_event` for that)."""
+        return await self.workflows.emit(topic, payload)
+
+    async def send_event(self, run_id: str, topic: str, payload: Any = None) -> bool:
+        """Give ``payload`` to one run's wait on ``topic``, now or whenever it waits (kept
+        until then); False if the run is unknown or has ended."""
+        return await self.workflows.send(run_id, topic, payload)
+
+    async def cancel_workflow(self, run_id: str, reason: str = "cancelled") -> bool:
+        """Cancel a run (and its children that have not ended); False if it had ended."""
+        return await self.workflows.cancel(run_id, reason)
+
+    async def rewind_workflow(self, run_id: str, step: str) -> bool:
+        """Replay a run from the checkpoint named ``step`` (that step and every later
+        one run again); False if the run has no such step."""
+        return await self.workflows.rewind(run_id, step)
 
     # -- enqueueing -----------------------------------------------------------------------
 
@@ -779,6 +916,13 @@ class _TaskDecorator:
     def __call__(
         self, fn: Callable[..., Any], /
     ) -> Task[Any, Any]:  # pragma: no cover - typing only
+        raise NotImplementedError
+
+
+class _WorkflowDecorator:
+    def __call__(
+        self, fn: Callable[Concatenate[WorkflowContext, P], Awaitable[R]], /
+    ) -> Workflow[P, R]:  # pragma: no cover - typing only
         raise NotImplementedError
 
 

@@ -177,8 +177,12 @@ class Task(Generic[P, R]):
     ``await app.wait_for_task(ref)`` returns a ``TaskResult`` of the right type.
     """
 
-    def __init__(self, app: Stem, fn: Callable[..., Any], options: TaskOptions) -> None:
+    def __init__(
+        self, app: Stem, fn: Callable[..., Any], options: TaskOptions, *, kind: str = "task"
+    ) -> None:
         self.app = app
+        #: What the errors call it: "task", or "workflow" for a workflow's parameters.
+        self.kind = kind
         self.fn = fn
         self.options_ = options
         self.name = options.name
@@ -186,7 +190,10 @@ class Task(Generic[P, R]):
         signature = inspect.signature(fn)
         params = list(signature.parameters.values())
         hints = _type_hints(fn)
-        self.takes_context = bool(params) and _is_context_param(params[0], hints)
+        # A workflow's first parameter is always its context.
+        self.takes_context = bool(params) and (
+            kind == "workflow" or _is_context_param(params[0], hints)
+        )
         if self.takes_context:
             params = params[1:]
         self.signature = signature.replace(parameters=params)
@@ -269,7 +276,7 @@ class Task(Generic[P, R]):
             except (msgspec.ValidationError, TypeError) as exc:
                 detail = re.sub(r" - at `\$(.*)`$", rf" at `{name}\1`", str(exc))
                 raise ArgumentError(
-                    f"argument {name!r} of task {self.name!r} does not fit "
+                    f"argument {name!r} of {self.kind} {self.name!r} does not fit "
                     f"`{name}: {_type_name(hint)}`: {detail}"
                 ) from None
 
@@ -309,7 +316,7 @@ class Task(Generic[P, R]):
         if not problems:
             problems.append(str(error))
         return (
-            f"arguments do not fit task {self.name!r}: {'; '.join(problems)}. "
+            f"arguments do not fit {self.kind} {self.name!r}: {'; '.join(problems)}. "
             f"Its handler takes {self.name}({self._describe_parameters()})"
         )
 

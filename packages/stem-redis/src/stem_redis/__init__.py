@@ -26,6 +26,7 @@ from ._ratelimit import RedisRateLimiter
 from ._schedule import RedisScheduleStore
 from ._stores import RedisLockStore, RedisRevokeStore
 from ._url import RedisOptions, mask_url, parse_url
+from ._workflow import RedisWorkflowStore
 
 __all__ = [
     "RedisAdapter",
@@ -37,6 +38,7 @@ __all__ = [
     "RedisResultBackend",
     "RedisRevokeStore",
     "RedisScheduleStore",
+    "RedisWorkflowStore",
     "adapter",
     "mask_url",
     "parse_url",

@@ -12,6 +12,7 @@ from ._ratelimit import RedisRateLimiter
 from ._schedule import RedisScheduleStore
 from ._stores import RedisLockStore, RedisRevokeStore
 from ._url import parse_url
+from ._workflow import RedisWorkflowStore
 
 __all__ = ["RedisAdapter"]
 
@@ -53,3 +54,7 @@ class RedisAdapter(Adapter):
 
     def control_channel(self, url: str, *, clock: Clock | None = None) -> RedisControlChannel:
         return RedisControlChannel(parse_url(url), clock=clock)
+
+    def workflow_store(self, url: str, *, clock: Clock | None = None) -> RedisWorkflowStore:
+        """Every workflow key under one hash tag: on a cluster, on one node."""
+        return RedisWorkflowStore(parse_url(url), clock=clock)

@@ -44,6 +44,11 @@ def _script(name: str, *libraries: str) -> Script:
 _QUEUE = ("_queue",)
 _STATUS_AND_QUEUE = ("_status", "_queue")
 _DEAD = ("_queue", "_dead")
+#: The workflow store's scripts (lua/wf_NAME.lua), each with the library lua/_wf.lua.
+_WORKFLOW_SCRIPTS = (
+    "create", "claim", "renew", "release", "save_step", "suspend", "finish",
+    "emit", "send", "due", "next_wake", "cancel", "rewind", "list", "watchers",
+)  # fmt: skip
 
 #: Every script, by name.
 SCRIPTS: dict[str, Script] = {
@@ -85,6 +90,7 @@ SCRIPTS: dict[str, Script] = {
         _script("schedule_mark"),
         _script("schedule_due"),
         _script("schedule_remove"),
+        *(_script(f"wf_{name}", "_wf") for name in _WORKFLOW_SCRIPTS),
         _script("rate_reserve"),
         _script("control_send"),
     )

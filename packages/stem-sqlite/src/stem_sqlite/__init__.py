@@ -1,8 +1,8 @@
 """Stem on SQLite: the embedded default, no server needed.
 
-One file on disk holds the broker's queues, task results, locks, revocations and
-beat schedules; the producers and workers of one machine share it, and it survives
-restarts::
+One file on disk holds the broker's queues, task results, locks, revocations,
+beat schedules and workflow runs; the producers and workers of one machine share
+it, and it survives restarts::
 
     from stem import Stem
 
@@ -23,6 +23,7 @@ from ._broker import SqliteBroker
 from ._schema import latest_version
 from ._stores import SqliteLockStore, SqliteRevokeStore, SqliteScheduleStore
 from ._url import SqliteOptions, parse_url
+from ._workflow import SqliteWorkflowStore
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -33,6 +34,7 @@ __all__ = [
     "SqliteResultBackend",
     "SqliteRevokeStore",
     "SqliteScheduleStore",
+    "SqliteWorkflowStore",
     "adapter",
     "parse_url",
 ]

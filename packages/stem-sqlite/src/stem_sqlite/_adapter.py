@@ -9,6 +9,7 @@ from ._backend import SqliteResultBackend
 from ._broker import SqliteBroker
 from ._stores import SqliteLockStore, SqliteRevokeStore, SqliteScheduleStore
 from ._url import parse_url
+from ._workflow import SqliteWorkflowStore
 
 __all__ = ["SqliteAdapter"]
 
@@ -64,4 +65,15 @@ class SqliteAdapter(Adapter):
         o = parse_url(url)
         return SqliteScheduleStore(
             o.path, clock=clock, busy_timeout=o.busy_timeout, synchronous=o.synchronous
+        )
+
+    def workflow_store(self, url: str, *, clock: Clock | None = None) -> SqliteWorkflowStore:
+        o = parse_url(url)
+        return SqliteWorkflowStore(
+            o.path,
+            clock=clock,
+            poll_interval=o.poll_interval,
+            busy_timeout=o.busy_timeout,
+            wake_interval=o.wake_interval,
+            synchronous=o.synchronous,
         )

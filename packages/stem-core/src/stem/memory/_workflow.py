@@ -211,6 +211,7 @@ class MemoryWorkflowStore(WorkflowStore):
         if status not in (RunStatus.COMPLETED, RunStatus.FAILED):
             raise ValueError(f"finish_run takes completed or failed, not {status}")
         run = self._fenced(run_id, fence)
+        _run_encoder.encode(result)  # a result that cannot be stored changes nothing
         now = self.clock.now()
         run.status, run.result, run.error = status, result, error
         self._end(run, now)

@@ -40,6 +40,7 @@ from ._settlement import Settlement
 from ._slots import Slots
 from ._wait import first
 from ._where import where
+from ._workflows import dispatch_workflows
 
 if TYPE_CHECKING:
     from .._app import Stem
@@ -208,6 +209,10 @@ class Worker:
             asyncio.ensure_future(self._guard(send_heartbeats(self), "heartbeat")),
             asyncio.ensure_future(self._guard(self._revocations.run(), "revocation")),
         ]
+        if len(self.app.workflows):
+            self._loops.append(
+                asyncio.ensure_future(self._guard(dispatch_workflows(self), "workflow dispatcher"))
+            )
         if self.broadcast_queues:
             self._loops.append(
                 asyncio.ensure_future(self._guard(keep_subscriptions(self), "subscriptions"))

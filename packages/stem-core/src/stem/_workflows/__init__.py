@@ -1,0 +1,22 @@
+"""Durable workflows: scripts and flows whose progress survives crashes (DESIGN section 5)."""
+
+from __future__ import annotations
+
+from ._context import ChildWorkflowError, FlowContext, WorkflowContext
+from ._definitions import Flow, Workflow, policy_of
+from ._engine import RUN_TASK, Workflows
+from ._records import StepRetry, WorkflowRef, WorkflowResult
+
+__all__ = [
+    "RUN_TASK",
+    "ChildWorkflowError",
+    "Flow",
+    "FlowContext",
+    "StepRetry",
+    "Workflow",
+    "WorkflowContext",
+    "WorkflowRef",
+    "WorkflowResult",
+    "Workflows",
+    "policy_of",
+]
