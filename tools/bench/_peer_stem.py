@@ -1,7 +1,14 @@
-"""Stem on Redis: a ``redis://`` app, a producer here and one ``stem worker`` process."""
+"""Stem on Redis: a ``redis://`` app, a producer here and one ``stem worker`` process.
+
+``STEM_REDIS_CLIENT=redis-py`` in the benchmark's environment runs Stem with redis-py's
+asyncio client for every command, as before stem_redis._resp (the default is ``resp``);
+the app module sets it, so the worker (whose environment drops STEM_* variables) uses
+the same client as the producer.
+"""
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import time
@@ -23,7 +30,10 @@ DIST = "stem-redis"
 
 APP = '''\
 """A benchmark app written by tools/bench: a no-op task that returns when it ran."""
+import os
 import time
+
+os.environ["STEM_REDIS_CLIENT"] = {client!r}  # the single-server client (see the header)
 
 from stem import Stem
 
@@ -36,11 +46,17 @@ async def noop(i: int) -> float:
 '''
 
 
+def client() -> str:
+    """The single-server client Stem runs with: ``resp`` or ``redis-py``."""
+    return os.environ.get("STEM_REDIS_CLIENT", "").strip().lower() or "resp"
+
+
 def settings(plan: RedisPlan) -> str:
     return (
         f"1 `stem worker` process, concurrency {plan.concurrency}, prefetch 0, `async def` "
         f"handler, -l warning; results in the same redis:// (Stem.from_url(url)); "
-        f"enqueue_many for batches; round trip app.wait_for_task"
+        f"enqueue_many for batches; round trip app.wait_for_task; client "
+        f"STEM_REDIS_CLIENT={client()}"
     )
 
 
@@ -63,14 +79,16 @@ async def _run(plan: RedisPlan, workdir: Path) -> PeerRun:
     out = PeerRun(version=version_of(DIST))
     m = set(plan.measures)
     if "batch" in m:
-        mod = load_module(write_module(workdir, "stem_batch_app", APP.format(url=plan.batch_url)))
+        mod = load_module(
+            write_module(workdir, "stem_batch_app", APP.format(url=plan.batch_url, client=client()))
+        )
         try:
             _, out.enqueue_batched = await _stem_fill(mod.app, mod.noop, plan.n, plan.batch)
         finally:
             await mod.app.aclose()
     if not m & {"enqueue", "drain", "rtt"}:
         return out
-    path = write_module(workdir, "stem_app", APP.format(url=plan.url))
+    path = write_module(workdir, "stem_app", APP.format(url=plan.url, client=client()))
     mod = load_module(path)
     app = mod.app
     try:

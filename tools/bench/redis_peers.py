@@ -21,6 +21,8 @@ Measures (each system starts on empty databases, N tasks):
            worker idle between trips; p50 and p99
 The floor is plain redis-py on one stream (see _redis_floor.py): XADD one by one and
 pipelined, XREADGROUP + XACK in batches, and an XADD -> XREADGROUP -> XACK round trip.
+STEM_REDIS_CLIENT=redis-py runs Stem (producer and worker) with redis-py's asyncio client
+for every command instead of its own RESP client (stem_redis._resp), for an A/B comparison.
 
 Each repetition runs every system in a process of its own, one after the other, the
 order reversed on every other repetition; the tables show the median of R repetitions
@@ -100,7 +102,11 @@ def _run_system(system: str, plan: RedisPlan) -> dict[str, Any]:
     workdir.mkdir(parents=True)
     plan_path, out_path = workdir / "plan.json", workdir / "out.json"
     plan_path.write_text(json.dumps(plan.to_json()))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STEM_")}
+    # STEM_* settings of the caller's shell stay out, but for the choice of Redis client
+    # (see the header), which _peer_stem.py passes on to its worker through the app.
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith("STEM_") or k == "STEM_REDIS_CLIENT"
+    }
     cmd = [sys.executable, str(RUNNER), system, str(plan_path), str(out_path)]
     with open(workdir / "runner.log", "wb") as log:
         proc = subprocess.Popen(

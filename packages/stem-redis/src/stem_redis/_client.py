@@ -4,6 +4,11 @@ Every store built from URLs naming the same server with the same connection sett
 shares one :class:`RedisClient` in each event loop (redis-py's asyncio connections
 belong to the loop that opened them). Nothing connects until the first command.
 
+On a single server, commands and scripts go through :class:`~stem_redis._resp.RespClient`
+(a few pipelined connections, one write and one future per call), which answers what
+redis-py answers; redis-py's client still serves pub/sub. ``STEM_REDIS_CLIENT=redis-py``
+in the environment sends everything through redis-py instead (for comparisons).
+
 With ``redis+cluster://`` the client is redis-py's ``RedisCluster``: it routes each
 command (a script by its first key) to the node that owns the key's slot, and follows
 the cluster when slots move. Callers keep every key of one call in one slot.
@@ -12,6 +17,8 @@ the cluster when slots move. Callers keep every key of one call in one slot.
 from __future__ import annotations
 
 import asyncio
+import inspect
+import os
 import secrets
 import threading
 import weakref
@@ -36,16 +43,33 @@ from redis.exceptions import (
     ConnectionError as RedisConnectionError,
 )
 
-from stem import AdapterError, Clock
+from stem import AdapterError, Clock, ConfigurationError
 
 from ._errors import translate
 from ._notify import Hub, ShardedHub
+from ._resp import CONNECTIONS, RespClient
 from ._scripts import CLUSTER_SCRIPTS, SCRIPTS, Script
 from ._url import RedisOptions, parse_url
 
 __all__ = ["Arg", "ClientHandle", "RedisClient", "call_token", "gather_all", "pack"]
 
 Arg = bytes | str | int | float
+
+#: The environment variable choosing the single-server client: ``resp`` (the default)
+#: or ``redis-py`` (redis-py's asyncio client for every command, as before _resp.py).
+CLIENT_ENVIRONMENT = "STEM_REDIS_CLIENT"
+_CLIENTS = ("resp", "redis-py")
+
+
+def _use_resp() -> bool:
+    chosen = os.environ.get(CLIENT_ENVIRONMENT, "").strip().lower() or "resp"
+    if chosen not in _CLIENTS:
+        raise ConfigurationError(
+            f"{CLIENT_ENVIRONMENT}={chosen!r} is not a Redis client Stem has: use "
+            f"{' or '.join(_CLIENTS)} (or leave it unset)"
+        )
+    return chosen == "resp"
+
 
 #: Batches go to scripts as one MessagePack argument (see lua/_args.lua).
 pack = msgspec.msgpack.Encoder().encode
@@ -94,11 +118,19 @@ class RedisClient:
         # redis-py leaves execute_command untyped: give it a type once, here.
         self._execute: Callable[..., Awaitable[Any]] = self.redis.execute_command
         self._scripts = SCRIPTS
+        self.resp: RespClient | None = None
         self.hub: Hub | ShardedHub
         if options.cluster:
             self._start_cluster(options, kwargs)
         else:
             self.hub = Hub(self.redis, options)
+            if _use_resp():
+                self.resp = RespClient(options, connections=min(options.pool_size, CONNECTIONS))
+                self._execute = self._resp_execute
+                # redis-py's post-processing of replies, by command name (what it applies
+                # to execute_command's replies: the callers expect those shapes).
+                self._callbacks = self.redis.response_callbacks
+                self._parsers: dict[Arg, Callable[..., Any] | None] = {}
 
     def _start_cluster(self, options: RedisOptions, kwargs: dict[str, Any]) -> None:
         """Talk to a Redis Cluster instead: ``self.redis`` stays unused (it never connects)."""
@@ -164,6 +196,24 @@ class RedisClient:
 
         return await self._once_more(run)
 
+    async def _resp_execute(self, *args: Arg) -> Any:
+        """One command through the RESP client, its reply as redis-py would return it."""
+        assert self.resp is not None
+        return self._parse(args[0], await self.resp.execute(*args))
+
+    def _parse(self, name: Arg, reply: Any) -> Any:
+        try:
+            parser = self._parsers[name]
+        except KeyError:
+            parser = self._parsers[name] = (
+                self._callbacks[name] if isinstance(name, str) and name in self._callbacks else None
+            )
+        if parser is None:
+            return reply
+        parsed = parser(reply)
+        assert not inspect.isawaitable(parsed)  # its legacy-shape callbacks are plain functions
+        return parsed
+
     async def command(self, *args: Arg) -> Any:
         """One plain command, its errors translated."""
         return await self._once_more(lambda: self._execute(*args))
@@ -172,6 +222,16 @@ class RedisClient:
         """Several plain commands in one round trip (a pipeline, not a transaction)."""
         if not calls:
             return []
+
+        resp = self.resp
+        if resp is not None:
+
+            async def run_resp() -> list[Any]:
+                replies = await resp.execute_many(calls)
+                return [self._parse(c[0], r) for c, r in zip(calls, replies, strict=True)]
+
+            found: list[Any] = await self._once_more(run_resp)
+            return found
 
         async def run() -> list[Any]:
             # On a cluster, the pipeline sends each node its commands, all nodes at once.
@@ -244,6 +304,8 @@ class RedisClient:
 
     async def aclose(self) -> None:
         await self.hub.aclose()
+        if self.resp is not None:
+            await self.resp.aclose()
         if self.cluster is not None:
             await self.cluster.aclose()
         await self.redis.aclose()
