@@ -281,5 +281,4 @@ async def test_a_broadcast_reaches_every_live_worker_and_a_dead_ones_copies_are_
     await eventually(reaped)
     stats = await producer.broker.queue_stats(subscriber_queue("news", victim_id))
     assert (stats.pending, stats.delayed, stats.inflight) == (0, 0, 0)
-    assert workers.runs_by_task()[last] == sorted(workers.runs_by_task()[last])
     assert victim.pid not in workers.runs_by_task()[last]

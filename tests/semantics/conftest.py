@@ -9,8 +9,20 @@ from pathlib import Path
 import pytest
 
 from stem import FakeClock, Stem
-from stem.memory import MemoryBroker, MemoryLockStore, MemoryResultBackend, MemoryRevokeStore
-from stem_sqlite import SqliteBroker, SqliteLockStore, SqliteResultBackend, SqliteRevokeStore
+from stem.memory import (
+    MemoryBroker,
+    MemoryLockStore,
+    MemoryResultBackend,
+    MemoryRevokeStore,
+    MemoryWorkflowStore,
+)
+from stem_sqlite import (
+    SqliteBroker,
+    SqliteLockStore,
+    SqliteResultBackend,
+    SqliteRevokeStore,
+    SqliteWorkflowStore,
+)
 
 
 @pytest.fixture
@@ -29,6 +41,7 @@ async def app(
             MemoryResultBackend(clock=clock),
             lock_store=MemoryLockStore(clock=clock),
             revoke_store=MemoryRevokeStore(clock=clock),
+            workflow_store=MemoryWorkflowStore(clock=clock),
             clock=clock,
         )
     else:
@@ -38,6 +51,7 @@ async def app(
             SqliteResultBackend(path, clock=clock),
             lock_store=SqliteLockStore(path, clock=clock),
             revoke_store=SqliteRevokeStore(path, clock=clock),
+            workflow_store=SqliteWorkflowStore(path, clock=clock, poll_interval=0.05),
             clock=clock,
         )
     yield stem

@@ -6,6 +6,7 @@ from ._context import ChildWorkflowError, FlowContext, WorkflowContext
 from ._definitions import Flow, Workflow, policy_of
 from ._engine import RUN_TASK, Workflows
 from ._records import StepRetry, WorkflowRef, WorkflowResult
+from ._replay import replay_check
 
 __all__ = [
     "RUN_TASK",
@@ -19,4 +20,5 @@ __all__ = [
     "WorkflowResult",
     "Workflows",
     "policy_of",
+    "replay_check",
 ]

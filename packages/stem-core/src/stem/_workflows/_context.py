@@ -159,6 +159,7 @@ class WorkflowContext:
         found = self._recorded(position, "step", label)
         if found is not None:
             return typed(found.value, hint)
+        self._x.new_ground()
         self._x.check_policy()
         value, attempts, started = await self._x.call(label, fn, args, kwargs, retry or NO_RETRY)
         plain = storable(value, f"the value of step {label!r}")
@@ -172,6 +173,7 @@ class WorkflowContext:
         position, label = self._next("sleep")
         found = self._recorded(position, "sleep", label)
         if found is None:
+            self._x.new_ground()
             until = self._x.now() + wait
             await self._x.save(position, label, {"until": until}, "sleep")
         else:
@@ -192,26 +194,24 @@ class WorkflowContext:
             raise ConfigurationError(f"an event topic must be a non-empty string, not {topic!r}")
         position, label = self._next(f"event:{topic}")
         found = self._recorded(position, "event", label)
-        if found is None:
+        if found is not None:
+            outcome: dict[str, Any] = found.value
+        else:
+            self._x.new_ground()
             resume = self._x.take_resume(position)
             if resume is not None and resume.topic == topic and resume.kind == "event":
-                found = await self._record_event(position, label, {"payload": resume.payload})
+                outcome = {"payload": resume.payload}
             elif resume is not None and resume.topic == topic and resume.kind == "timeout":
-                found = await self._record_event(position, label, {"timeout": True})
+                outcome = {"timeout": True}
             else:
                 limit = None if timeout is None else _duration(timeout, "timeout")
                 deadline = None if limit is None else self._x.now() + limit
                 kept = await self._x.suspend(wake_at=deadline, topic=topic, deadline=deadline)
-                found = await self._record_event(position, label, {"payload": kept.payload})
-        if found.get("timeout"):
+                outcome = {"payload": kept.payload}
+            await self._x.save(position, label, outcome, "event")
+        if outcome.get("timeout"):
             raise EventTimeoutError(f"no event on {topic!r} came in time (run {self.run_id})")
-        return found.get("payload")
-
-    async def _record_event(
-        self, position: int, label: str, value: dict[str, Any]
-    ) -> dict[str, Any]:
-        await self._x.save(position, label, value, "event")
-        return value
+        return outcome.get("payload")
 
     # -- versioning ----------------------------------------------------------------------
 
@@ -234,6 +234,7 @@ class WorkflowContext:
                 self._position += 1
                 return True
             return False
+        self._x.new_ground()
         self._position += 1
         await self._x.save(position, label, True, "patch")
         return True
@@ -248,6 +249,7 @@ class WorkflowContext:
         found = self._recorded(position, "child", label)
         if found is not None:
             return str(found.value)
+        self._x.new_ground()
         child_id = f"{self.run_id}.{position}"
         await self._x.app.workflows.start(
             name, params, run_id=child_id, parent_id=self.run_id, exist_ok=True

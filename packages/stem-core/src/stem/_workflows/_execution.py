@@ -135,6 +135,10 @@ class Execution:
     def peek_resume(self, position: int) -> Resume | None:
         return self._resume if position == self.started_cursor else None
 
+    def new_ground(self) -> None:
+        """The code is about to do something the run has not recorded (a replay check
+        stops here)."""
+
     # -- fenced writes -------------------------------------------------------------------
 
     async def save(
