@@ -14,6 +14,7 @@ from stem import (
     EventTimeoutError,
     FakeClock,
     FlowContext,
+    NonDeterminismError,
     SerializationError,
     Stem,
     StepRetry,
@@ -82,9 +83,7 @@ async def test_a_script_runs_each_step_once_through_a_sleep_and_an_event(
     assert steps[2].value == {"payload": {"carrier": "ups"}}
 
 
-async def test_a_step_that_fails_after_its_retries_fails_the_run(
-    app: Stem, drive: Drive
-) -> None:
+async def test_a_step_that_fails_after_its_retries_fails_the_run(app: Stem, drive: Drive) -> None:
     tries = 0
 
     def flaky() -> None:
@@ -164,9 +163,7 @@ async def test_a_wait_that_times_out_raises_in_the_script(app: Stem, drive: Driv
     assert await app.emit_event("never", 1) == []
 
 
-async def test_a_flow_step_suspends_and_runs_again_from_its_top(
-    app: Stem, drive: Drive
-) -> None:
+async def test_a_flow_step_suspends_and_runs_again_from_its_top(app: Stem, drive: Drive) -> None:
     flow = app.flow("polling")
     seen: list[Any] = []
 
@@ -223,9 +220,7 @@ async def test_an_auto_versioned_step_records_each_run_of_it_after_a_rewind(
     assert (await app.wait_for_workflow(run_id, timeout=1)).value == 10
 
 
-async def test_rewind_runs_the_step_and_everything_after_it_again(
-    app: Stem, drive: Drive
-) -> None:
+async def test_rewind_runs_the_step_and_everything_after_it_again(app: Stem, drive: Drive) -> None:
     calls: Counter[str] = Counter()
 
     @app.workflow(name="rewound")
@@ -323,9 +318,7 @@ async def test_patched_keeps_runs_started_before_a_change_on_the_old_path(
     assert sorted(taken) == ["new", "old"]
 
 
-async def test_max_run_duration_cancels_a_run_that_runs_too_long(
-    app: Stem, drive: Drive
-) -> None:
+async def test_max_run_duration_cancels_a_run_that_runs_too_long(app: Stem, drive: Drive) -> None:
     @app.workflow(name="slow", max_run_duration=timedelta(minutes=1))
     async def slow(wf: WorkflowContext) -> None:
         await wf.sleep(timedelta(hours=1))
@@ -383,10 +376,10 @@ async def test_replay_check_passes_the_same_code_and_fails_a_change(
     async def renamed(wf: WorkflowContext) -> None:
         await wf.step("uno", lambda: 1)
 
-    app.workflows.registry["checked"] = type(checked)(app, "checked", renamed, queue=None, policy=None)
-    from stem import NonDeterminismError
-
-    with pytest.raises(NonDeterminismError, match="'one'.*'uno'"):
+    app.workflows.registry["checked"] = type(checked)(
+        app, "checked", renamed, queue=None, policy=None
+    )
+    with pytest.raises(NonDeterminismError, match=r"'one'.*'uno'"):
         await replay_check(app, run, steps)
 
 
