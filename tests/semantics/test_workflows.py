@@ -333,6 +333,22 @@ async def test_max_run_duration_cancels_a_run_that_runs_too_long(app: Stem, driv
     assert run.finished_at is not None and run.finished_at - run.created_at < 120
 
 
+async def test_max_suspend_duration_cancels_a_run_that_waits_too_long(
+    app: Stem, drive: Drive
+) -> None:
+    @app.workflow(name="waits", max_suspend_duration=60)
+    async def waits(wf: WorkflowContext) -> None:
+        await wf.wait_for_event("never")
+
+    async with app.worker():
+        run_id = await waits.start()
+        await drive(reaches(app, run_id, RunStatus.CANCELLED))
+    run = await app.workflow_store.get_run(run_id)
+    assert run is not None and run.error is not None
+    assert "max_suspend_duration" in run.error.message
+    assert await app.workflow_store.list_watchers("never") == []
+
+
 async def test_bad_input_is_refused_or_recorded(app: Stem, drive: Drive) -> None:
     @app.workflow(name="typed")
     async def typed(wf: WorkflowContext, n: int) -> Any:

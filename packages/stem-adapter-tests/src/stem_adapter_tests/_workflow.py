@@ -274,6 +274,8 @@ class WorkflowStoreContract(ContractSuite):
         woken = await workflows.claim_run(run.id, "w2", HOLD)
         assert woken is not None and woken.resume == Resume(kind="wake")
         assert woken.status is RunStatus.RUNNING and woken.resume_at is None
+        # When it went to sleep stays known (policies judge a suspension by it)
+        assert woken.suspended_at == got.suspended_at
 
     async def test_due_runs_come_earliest_first_and_the_limit_leaves_the_rest(
         self, workflows: WorkflowStore, clock: Clock

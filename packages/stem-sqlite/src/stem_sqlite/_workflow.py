@@ -442,7 +442,7 @@ def _wake(conn: sqlite3.Connection, run: WorkflowRun) -> None:
     else:
         run.resume = Resume(kind="wake")
     run.status = RunStatus.PENDING
-    run.wait_topic = run.wait_deadline = run.resume_at = run.suspended_at = None
+    run.wait_topic = run.wait_deadline = run.resume_at = None  # suspended_at stays
 
 
 def _end(conn: sqlite3.Connection, run: WorkflowRun, now: float) -> None:

@@ -222,7 +222,18 @@ class Workflows:
     # -- executing -----------------------------------------------------------------------
 
     async def _run_task(self, ctx: TaskContext, run_id: str) -> None:
-        await self.execute(run_id, owner=f"{ctx.id}/{secrets.token_hex(4)}")
+        try:
+            await self.execute(run_id, owner=f"{ctx.id}/{secrets.token_hex(4)}")
+        except Exception as exc:
+            # The store failed under it (an outage): the run is not lost, its wake time
+            # (the lease's end) brings it back to a worker; this task has nothing to retry.
+            log.warning(
+                "workflow run %s: its execution stopped on %s: %s; it resumes when its "
+                "lease ends",
+                run_id,
+                type(exc).__name__,
+                exc,
+            )
 
     async def execute(self, run_id: str, *, owner: str) -> None:
         """Claim the run and run it until it suspends or ends; nothing if it is not

@@ -108,6 +108,8 @@ class WorkflowRun(msgspec.Struct, kw_only=True, omit_defaults=True):
     parent_id: str | None = None
     created_at: float = 0.0
     updated_at: float = 0.0
+    #: When it last suspended; kept when its wake time comes (the engine judges
+    #: ``max_suspend_duration`` by it), cleared when an event resolves it.
     suspended_at: float | None = None
     finished_at: float | None = None
     meta: dict[str, Any] = {}

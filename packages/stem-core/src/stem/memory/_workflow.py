@@ -81,7 +81,7 @@ class MemoryWorkflowStore(WorkflowStore):
         else:
             run.resume = Resume(kind="wake")
         run.status = RunStatus.PENDING
-        run.wait_topic = run.wait_deadline = run.resume_at = run.suspended_at = None
+        run.wait_topic = run.wait_deadline = run.resume_at = None  # suspended_at stays
 
     # -- runs ------------------------------------------------------------------------------
 

@@ -126,7 +126,8 @@ local function wake(r)
     set_resume(r.id, 'wake', false, false)
   end
   set_status(r, 'pending')
-  redis.call('HDEL', run_key(r.id), 'topic', 'deadline', 'resume_at', 'suspended')
+  -- 'suspended' stays: the engine judges max_suspend_duration by it
+  redis.call('HDEL', run_key(r.id), 'topic', 'deadline', 'resume_at')
   r.topic = false
 end
 
