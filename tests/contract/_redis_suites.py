@@ -24,6 +24,7 @@ from stem_adapter_tests import (
     ResultBackendContract,
     RevokeStoreContract,
     ScheduleStoreContract,
+    WorkflowScriptContract,
     WorkflowStoreContract,
 )
 from stem_adapter_tests._support import WAIT_LIMIT, unique
@@ -47,6 +48,7 @@ __all__ = [
     "RedisResultBackendSuite",
     "RedisRevokeStoreSuite",
     "RedisScheduleStoreSuite",
+    "RedisWorkflowScriptSuite",
     "RedisWorkflowStoreOnTheServerClockSuite",
     "RedisWorkflowStoreSuite",
 ]
@@ -313,3 +315,11 @@ class RedisControlChannelSuite(ControlChannelContract):
         foreign = RedisControlChannel(foreign_url, clock=clock)
         yield foreign
         await foreign.aclose()
+
+
+class RedisWorkflowScriptSuite(WorkflowScriptContract):
+    @pytest.fixture
+    async def workflows(self, clock: Clock, redis_url: str) -> AsyncIterator[RedisWorkflowStore]:
+        workflows = RedisWorkflowStore(redis_url, clock=clock)
+        yield workflows
+        await workflows.aclose()

@@ -23,6 +23,7 @@ from stem_adapter_tests import (
     ResultBackendContract,
     RevokeStoreContract,
     ScheduleStoreContract,
+    WorkflowScriptContract,
     WorkflowStoreContract,
 )
 
@@ -109,6 +110,12 @@ class TestMemoryAdapterWiring:
 
 
 class TestMemoryWorkflowStore(WorkflowStoreContract):
+    @pytest.fixture
+    async def workflows(self, clock: Clock) -> MemoryWorkflowStore:
+        return MemoryWorkflowStore(clock=clock)
+
+
+class TestMemoryWorkflowScripts(WorkflowScriptContract):
     @pytest.fixture
     async def workflows(self, clock: Clock) -> MemoryWorkflowStore:
         return MemoryWorkflowStore(clock=clock)

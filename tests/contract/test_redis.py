@@ -22,6 +22,7 @@ from _redis_suites import (
     RedisResultBackendSuite,
     RedisRevokeStoreSuite,
     RedisScheduleStoreSuite,
+    RedisWorkflowScriptSuite,
     RedisWorkflowStoreOnTheServerClockSuite,
     RedisWorkflowStoreSuite,
 )
@@ -65,6 +66,10 @@ class TestRedisRevokeStore(RedisRevokeStoreSuite):
 
 
 class TestRedisScheduleStore(RedisScheduleStoreSuite):
+    pass
+
+
+class TestRedisWorkflowScripts(RedisWorkflowScriptSuite):
     pass
 
 

@@ -19,6 +19,7 @@ from stem_adapter_tests import (
     ResultBackendContract,
     RevokeStoreContract,
     ScheduleStoreContract,
+    WorkflowScriptContract,
     WorkflowStoreContract,
 )
 from stem_sqlite import (
@@ -141,3 +142,11 @@ class TestSqliteWorkflowStore(WorkflowStoreContract):
         other = SqliteWorkflowStore(workflows.path, clock=clock, share_connection=False)
         yield other
         await other.aclose()
+
+
+class TestSqliteWorkflowScripts(WorkflowScriptContract):
+    @pytest.fixture
+    async def workflows(self, clock: Clock, tmp_path: Path) -> AsyncIterator[SqliteWorkflowStore]:
+        workflows = SqliteWorkflowStore(tmp_path / "stem.db", clock=clock, poll_interval=0.05)
+        yield workflows
+        await workflows.aclose()

@@ -24,6 +24,7 @@ from ._revoke import RevokeStoreContract
 from ._schedule import ScheduleStoreContract
 from ._support import requires
 from ._workflow import WorkflowStoreContract
+from ._workflow_engine import WorkflowScriptContract
 from .plugin import skip_or_fail
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "ResultBackendContract",
     "RevokeStoreContract",
     "ScheduleStoreContract",
+    "WorkflowScriptContract",
     "WorkflowStoreContract",
     "requires",
     "skip_or_fail",
