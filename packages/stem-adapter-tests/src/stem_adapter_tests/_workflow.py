@@ -396,6 +396,8 @@ class WorkflowStoreContract(ContractSuite):
         assert taken == Resume(kind="event", topic=topic, payload={"n": 1})
         got = await self.must_get(workflows, run.id)
         assert got.status is RunStatus.RUNNING and got.fence == run.fence
+        # It is the run's resume until the next checkpoint, so a crash does not lose it
+        assert got.resume == taken
         taken = await workflows.suspend(run.id, run.fence, wake_at=None, topic=topic)
         assert taken == Resume(kind="event", topic=topic, payload={"n": 2})
         # Then it waits, and the next one sent resolves it

@@ -15,6 +15,7 @@ from stem import ConfigurationError, StemError
 from ._demo import demo
 from ._loading import load_app
 from ._options import SetupError, StoppedOnError, url_option
+from .commands.wf import wf
 
 __all__ = ["cli", "main"]
 
@@ -163,6 +164,7 @@ def _one_line(
 
 
 cli.add_command(demo)
+cli.add_command(wf)
 
 
 def _configure_logging(level: str) -> None:

@@ -7,7 +7,7 @@ from typing import Any, TypeVar
 
 import click
 
-__all__ = ["SetupError", "StoppedOnError", "url_option"]
+__all__ = ["NotFoundError", "SetupError", "StoppedOnError", "url_option"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -27,3 +27,9 @@ class StoppedOnError(click.ClickException):
     """The command ran and stopped on an error: a one-line message, exit code 1."""
 
     exit_code = 1
+
+
+class NotFoundError(click.ClickException):
+    """What the command names (a run, a step, a workflow) does not exist: exit code 3."""
+
+    exit_code = 3

@@ -562,7 +562,11 @@ def _suspend(
         if kept is not None:
             conn.execute("DELETE FROM stem_workflow_mail WHERE seq = ?", (kept[0],))
             payload = decode(_payload_decoder, kept[1], "a kept event", path)
-            return Resume(kind="event", topic=topic, payload=payload)
+            # Kept as the run's resume until its next checkpoint: a crash loses nothing.
+            run.resume = Resume(kind="event", topic=topic, payload=payload)
+            run.updated_at = now
+            _store(conn, run)
+            return run.resume
         conn.execute(
             "INSERT INTO stem_workflow_watchers (run_id, topic, deadline, created_at)"
             " VALUES (?, ?, ?, ?) ON CONFLICT (run_id) DO UPDATE SET topic = excluded.topic,"

@@ -226,7 +226,8 @@ class WorkflowStore(abc.ABC):
         or the deadline, earlier if a policy says so). The lease ends.
 
         With a topic, an event kept for the run by ``send_event`` is taken instead, oldest
-        first: the run stays running and leased, and the event is returned.
+        first: the run stays running and leased, the event becomes its ``resume`` (so a
+        crash before the next checkpoint does not lose it), and is returned.
 
         Raises:
             LeaseLostError: the run is not running at ``fence``.

@@ -187,7 +187,11 @@ class MemoryWorkflowStore(WorkflowStore):
                 payload = msgspec.json.decode(mail.popleft())
                 if not mail:
                     del self._mail[(run_id, topic)]
-                return Resume(kind="event", topic=topic, payload=payload)
+                # Kept as the run's resume until its next checkpoint: a crash loses nothing.
+                run.resume = Resume(kind="event", topic=topic, payload=payload)
+                run.updated_at = now
+                self._put(run)
+                return run.resume
             self._watchers[run_id] = Watcher(
                 run_id=run_id, topic=topic, deadline=deadline, created_at=now
             )

@@ -19,6 +19,10 @@ if has_topic then
     if redis.call('EXISTS', mail) == 0 then
       redis.call('SREM', mail_topics_key(id), topic)
     end
+    -- Kept as the run's resume until its next checkpoint, so a crash loses nothing.
+    set_resume(id, 'event', topic, payload)
+    redis.call('HSET', run_key(id), 'updated', now)
+    changed(id)
     return { 2, payload }
   end
   redis.call('ZADD', WATCHERS, now, id)
