@@ -62,7 +62,7 @@ def test_stem_cli_names_only_commands_it_has() -> None:
     readme = (package / "README.md").read_text()
     assert set(re.findall(r"^stem (\w+)", readme, flags=re.M)) <= commands
     description = project(package)["project"]["description"]
-    for word in ("queue", "result", "dead letter", "beat", "schedule", "enqueue", "workflow"):
+    for word in ("queue", "result", "dead letter", "beat", "schedule", "enqueue"):
         assert word not in description, description
 
 

@@ -122,8 +122,16 @@ def test_pool_async_is_refused_with_the_reason(project: Path) -> None:
     assert "thread|process" in CliRunner().invoke(cli, ["worker", "--help"]).output
 
 
+def _leaves(group: click.Group) -> list[click.Command]:
+    """The commands of a group, those of its subgroups (``stem wf ...``) included."""
+    found: list[click.Command] = []
+    for command in group.commands.values():
+        found += _leaves(command) if isinstance(command, click.Group) else [command]
+    return found
+
+
 def test_every_command_takes_url_from_the_option_or_stem_url() -> None:
-    for command in cli.commands.values():
+    for command in _leaves(cli):
         params = {p.name: p for p in command.params}
         assert "url" in params, command.name
         assert isinstance(params["url"], click.Option) and params["url"].envvar == "STEM_URL"

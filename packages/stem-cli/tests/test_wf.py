@@ -68,9 +68,7 @@ def url(tmp_path: Path) -> str:
 def project(tmp_path: Path, url: str, monkeypatch: pytest.MonkeyPatch) -> Path:
     """``wf_shop`` (the app) and ``wf_shop_changed`` (its step 'charge' renamed 'bill')."""
     (tmp_path / "wf_shop.py").write_text(textwrap.dedent(SHOP.format(url=url, step="charge")))
-    (tmp_path / "wf_shop_changed.py").write_text(
-        textwrap.dedent(SHOP.format(url=url, step="bill"))
-    )
+    (tmp_path / "wf_shop_changed.py").write_text(textwrap.dedent(SHOP.format(url=url, step="bill")))
     for name in ("wf_shop", "wf_shop_changed"):  # each test's own file, not a cached one
         monkeypatch.delitem(sys.modules, name, raising=False)
     monkeypatch.chdir(tmp_path)
@@ -94,8 +92,8 @@ def data(result: Result) -> Any:
     return json.loads(result.stdout)
 
 
-def start(stem: Invoke, *args: str) -> str:
-    return str(data(stem("start", *args, "--json"))["run_id"])
+def start(stem: Invoke, *args: str, app: str | None = "wf_shop:make_app") -> str:
+    return str(data(stem("start", *args, "--json", app=app))["run_id"])
 
 
 @pytest.fixture
@@ -118,6 +116,10 @@ async def until(app: Stem, run_id: str, ok: Callable[[WorkflowRun], bool]) -> Wo
 
 def suspended(run: WorkflowRun) -> bool:
     return run.status is RunStatus.SUSPENDED
+
+
+async def astart(stem: Invoke, *args: str) -> str:
+    return str(data(await in_thread(stem, "start", *args, "--json"))["run_id"])
 
 
 async def in_thread(stem: Invoke, *args: str, app: str | None = "wf_shop:make_app") -> Result:
@@ -211,6 +213,17 @@ def test_an_unknown_run_exits_3(stem: Invoke, args: list[str]) -> None:
     assert "there is no workflow run 'missing'" in result.output
 
 
+def test_an_app_or_store_that_cannot_be_used_exits_2_or_1(stem: Invoke, tmp_path: Path) -> None:
+    missing = stem("list", app="wf_missing:app")
+    assert missing.exit_code == 2 and "cannot import 'wf_missing'" in missing.output
+    scheme = stem("list", "--url", "bogus://x", app=None)
+    assert scheme.exit_code == 2 and "no Stem adapter handles bogus://" in scheme.output
+    away = stem("list", "--url", f"sqlite:///{tmp_path}", app=None)  # a directory
+    assert away.exit_code == 1 and "AdapterError" in away.output
+    assert "Traceback" not in away.output
+    assert "Traceback" in stem("list", "-v", "--url", f"sqlite:///{tmp_path}", app=None).output
+
+
 def test_list_filters_and_pages(stem: Invoke) -> None:
     first = start(stem, "orders.checkout", "-p", "order_id=1")
     quick = start(stem, "orders.quick", "-p", "order_id=2")
@@ -222,9 +235,11 @@ def test_list_filters_and_pages(stem: Invoke) -> None:
     assert ids == [quick]
     ids = [r["id"] for r in data(stem("list", "--json", "--status", "CANCELLED"))]
     assert ids == [first]
-    page = stem("list", "--json", "--limit", "2", "--offset", "1")
-    assert [r["id"] for r in json.loads(page.stdout)] == [quick, third]
-    assert "more runs may follow: --offset 3" in page.stderr
+    page = data(stem("list", "--json", "--limit", "2", "--offset", "1"))
+    assert [r["id"] for r in page] == [quick, third]
+    table = stem("list", "--limit", "2", "--offset", "1")
+    assert [row.split()[0] for row in table.stdout.splitlines()[2:]] == [quick, third]
+    assert "more runs may follow: --offset 3" in table.stderr
     assert stem("list", "--status", "lost").exit_code == 2
     assert stem("list", "--status", "completed").stdout.strip() == "no runs"
 
@@ -274,7 +289,7 @@ def test_the_json_of_every_command_is_json(stem: Invoke) -> None:
 
 async def test_emit_resumes_the_runs_waiting_on_the_topic(stem: Invoke, app: Stem) -> None:
     async with app.worker(concurrency=4):
-        run_id = start(stem, "orders.checkout", "-p", "order_id=9", "-p", "amount:=2")
+        run_id = await astart(stem, "orders.checkout", "-p", "order_id=9", "-p", "amount:=2")
         await until(app, run_id, suspended)
 
         waiting = data(await in_thread(stem, "watchers", "--json", "--topic", "shipped.9"))
@@ -290,11 +305,11 @@ async def test_emit_resumes_the_runs_waiting_on_the_topic(stem: Invoke, app: Ste
 
 
 async def test_send_resumes_one_run_or_keeps_the_event_for_it(stem: Invoke, app: Stem) -> None:
-    early = start(stem, "orders.checkout", "-p", "order_id=1")
-    kept = stem("send", early, "shipped.1", "--payload", '{"carrier": "dhl"}')
+    early = await astart(stem, "orders.checkout", "-p", "order_id=1")
+    kept = await in_thread(stem, "send", early, "shipped.1", "--payload", '{"carrier": "dhl"}')
     assert kept.exit_code == 0 and "kept 'shipped.1'" in kept.stdout  # no worker yet
     async with app.worker(concurrency=4):
-        late = start(stem, "orders.checkout", "-p", "order_id=2")
+        late = await astart(stem, "orders.checkout", "-p", "order_id=2")
         await until(app, late, suspended)
         sent = await in_thread(
             stem, "send", late, "shipped.2", "--payload", '{"carrier": "ups"}', "--json"
@@ -308,7 +323,7 @@ async def test_show_lists_the_steps_in_order_and_rewind_runs_them_again(
     stem: Invoke, app: Stem
 ) -> None:
     async with app.worker(concurrency=4):
-        run_id = start(stem, "orders.checkout", "-p", "order_id=3")
+        run_id = await astart(stem, "orders.checkout", "-p", "order_id=3")
         await until(app, run_id, suspended)
         await in_thread(stem, "emit", "shipped.3", "--payload", '{"carrier": "post"}')
         await app.wait_for_workflow(run_id, timeout=30)
@@ -319,7 +334,9 @@ async def test_show_lists_the_steps_in_order_and_rewind_runs_them_again(
         assert steps == [(0, "charge", "step", 1), (1, "event:shipped.3", "event", 1)]
         text = (await in_thread(stem, "show", run_id)).stdout
         lines = text.splitlines()
-        charge = next(i for i, line in enumerate(lines) if line.split()[:3] == ["0", "charge", "step"])
+        charge = next(
+            i for i, line in enumerate(lines) if line.split()[:3] == ["0", "charge", "step"]
+        )
         assert lines[charge + 1].split()[:3] == ["1", "event:shipped.3", "event"]
         assert '{"charged":"3"}' in lines[charge] and "result:   " in text
 
@@ -331,9 +348,7 @@ async def test_show_lists_the_steps_in_order_and_rewind_runs_them_again(
         assert run.wait_topic == "shipped.3" and run.cursor == 1 and run.result is None
 
 
-async def test_start_wait_exits_0_on_completion_and_1_on_failure(
-    stem: Invoke, app: Stem
-) -> None:
+async def test_start_wait_exits_0_on_completion_and_1_on_failure(stem: Invoke, app: Stem) -> None:
     async with app.worker(queues=["default", "fast"], concurrency=4):
         done = await in_thread(stem, "start", "orders.quick", "-p", "order_id=4", "--wait")
         assert done.exit_code == 0, done.output
@@ -362,13 +377,13 @@ async def test_export_then_replay_check_catches_a_renamed_step(
     stem: Invoke, app: Stem, tmp_path: Path
 ) -> None:
     async with app.worker(queues=["default", "fast"], concurrency=4):
-        waiting = start(stem, "orders.checkout", "-p", "order_id=7")
-        done = start(stem, "orders.quick", "-p", "order_id=8")
+        waiting = await astart(stem, "orders.checkout", "-p", "order_id=7")
+        done = await astart(stem, "orders.quick", "-p", "order_id=8")
         await until(app, waiting, suspended)
         await app.wait_for_workflow(done, timeout=30)
 
     exported = tmp_path / "runs.jsonl"
-    result = stem("export", "-o", str(exported))
+    result = await in_thread(stem, "export", "-o", str(exported))
     assert result.exit_code == 0 and "exported 2 run(s)" in result.stderr
     lines = [json.loads(line) for line in exported.read_text().splitlines()]
     assert [(line["run"]["id"], [s["name"] for s in line["steps"]]) for line in lines] == [
@@ -376,20 +391,24 @@ async def test_export_then_replay_check_catches_a_renamed_step(
         (done, ["charge"]),
     ]
 
-    same = stem("replay-check", "--from", str(exported))
+    same = await in_thread(stem, "replay-check", "--from", str(exported))
     assert same.exit_code == 0, same.output
     assert same.stdout.splitlines()[0].split()[:3] == ["ok", waiting, "orders.checkout"]
     assert "1 run(s) checked, 0 failed; 1 not selected" in same.stdout  # the completed one
-    every = data(stem("replay-check", "--from", str(exported), "--all", "--json"))
+    every = data(await in_thread(stem, "replay-check", "--from", str(exported), "--all", "--json"))
     assert (every["checked"], every["failed"]) == (2, 0)
-    assert data(stem("replay-check", "--json"))["checked"] == 1  # from the store
+    assert data(await in_thread(stem, "replay-check", "--json"))["checked"] == 1  # from the store
 
-    changed = stem("replay-check", "--from", str(exported), app="wf_shop_changed:make_app")
+    changed = await in_thread(
+        stem, "replay-check", "--from", str(exported), app="wf_shop_changed:make_app"
+    )
     assert changed.exit_code == 1
     (line,) = [line for line in changed.stdout.splitlines() if waiting in line]
     assert line.startswith("mismatch") and "'charge'" in line and "'bill'" in line
     report = data(
-        stem("replay-check", "--json", "--workflow", "orders.checkout", app="wf_shop:make_app")
+        await in_thread(
+            stem, "replay-check", "--json", "--workflow", "orders.checkout", app="wf_shop:make_app"
+        )
     )
     assert report["runs"][0]["outcome"] == "ok"
 

@@ -78,8 +78,9 @@ class Target:
             finally:
                 await app.aclose()
 
+        running = main()
         try:
-            return asyncio.run(main())
+            return asyncio.run(running)
         except (click.ClickException, click.exceptions.Exit):
             raise
         except (ConfigurationError, ArgumentError, SerializationError) as exc:
@@ -90,6 +91,8 @@ class Target:
             raise self._fail(exc, StoppedOnError) from None
         except Exception as exc:  # a store that is away, a file that cannot be written
             raise self._fail(exc, StoppedOnError) from None
+        finally:
+            running.close()  # never started if a loop was running already
 
     def _fail(self, exc: Exception, kind: type[click.ClickException]) -> click.ClickException:
         if self.verbose:

@@ -20,7 +20,6 @@ import msgspec
 from stem import DuplicateRunError, NonDeterminismError, Stem, UnknownWorkflowError
 
 # Not exported by `stem` (yet): the replay check the engine keeps for this command.
-from stem._workflows import replay_check as _replay_check
 from stem.contracts import RunStatus, StepCheckpoint, WorkflowRun, WorkflowStore
 
 from .._options import NotFoundError, StoppedOnError
@@ -631,7 +630,7 @@ def replay_check(
         for run, steps in records:
             outcome, error = "ok", None
             try:
-                await _replay_check(app, run, steps)
+                await app.workflows.replay_check(run, steps)
             except NonDeterminismError as exc:
                 outcome, error = "mismatch", str(exc)
             except UnknownWorkflowError as exc:
@@ -665,7 +664,8 @@ def replay_check(
         out = console()
         for r in results:
             mark = status_text(RunStatus.COMPLETED, "ok") if r.outcome == "ok" else None
-            head = f"{r.run_id}  {r.workflow}  ({r.status}, {r.steps} steps)"
+            steps = f"{r.steps} step" + ("" if r.steps == 1 else "s")
+            head = f"{r.run_id}  {r.workflow}  ({r.status}, {steps})"
             if mark is not None:
                 out.print(mark + "  " + head)
             else:

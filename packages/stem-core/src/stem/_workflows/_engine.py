@@ -20,11 +20,12 @@ from .._execute import task_error
 from .._ids import new_task_id
 from .._messages import TaskError
 from .._task import TaskContext
-from ..contracts import RunPolicy, RunStatus, WorkflowRun, WorkflowStore
+from ..contracts import RunPolicy, RunStatus, StepCheckpoint, WorkflowRun, WorkflowStore
 from ._context import check_storable_params, child_topic
 from ._definitions import Workflow
 from ._execution import Execution, PolicyExceeded, StepFailed, Suspended, storable, typed
 from ._records import WorkflowResult
+from ._replay import replay_check
 
 if TYPE_CHECKING:
     from .._app import Stem
@@ -184,6 +185,15 @@ class Workflows:
             if not child.status.is_final:
                 await self.cancel(child.id, f"its parent run {run_id} was cancelled")
         return True
+
+    async def replay_check(self, run: WorkflowRun, steps: list[StepCheckpoint]) -> None:
+        """Replay a recorded run against this app's code without running or writing
+        anything (see :func:`stem._workflows.replay_check`).
+
+        Raises:
+            NonDeterminismError: the code calls something other than what was recorded.
+        """
+        await replay_check(self.app, run, steps)
 
     async def rewind(self, run_id: str, step: str) -> bool:
         if not await self.store.rewind(run_id, step):
