@@ -111,7 +111,7 @@ class WorkflowContext:
     def _recorded(self, position: int, kind: str, name: str) -> Any:
         found = self._x.recorded(position)
         if found is not None and (found.kind != kind or found.name != name):
-            non_determinism(position, found, kind, name)
+            non_determinism(self.run_id, position, found, kind, name)
         return found
 
     # -- steps ---------------------------------------------------------------------------

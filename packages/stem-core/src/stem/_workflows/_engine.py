@@ -238,8 +238,7 @@ class Workflows:
             # The store failed under it (an outage): the run is not lost, its wake time
             # (the lease's end) brings it back to a worker; this task has nothing to retry.
             log.warning(
-                "workflow run %s: its execution stopped on %s: %s; it resumes when its "
-                "lease ends",
+                "workflow run %s: its execution stopped on %s: %s; it resumes when its lease ends",
                 run_id,
                 type(exc).__name__,
                 exc,

@@ -249,9 +249,11 @@ class Execution:
                 self.check_policy()
 
 
-def non_determinism(position: int, recorded: StepCheckpoint, kind: str, name: str) -> NoReturn:
+def non_determinism(
+    run_id: str, position: int, recorded: StepCheckpoint, kind: str, name: str
+) -> NoReturn:
     raise NonDeterminismError(
-        f"replay mismatch at position {position}: the run recorded {recorded.kind} "
+        f"replay mismatch in run {run_id} at position {position}: it recorded {recorded.kind} "
         f"{recorded.name!r} there, but the code now calls {kind} {name!r}. The workflow's "
         "code changed under this run: guard the change with `if await wf.patched(...)`, "
         "or rewind the run to a step before the change"
