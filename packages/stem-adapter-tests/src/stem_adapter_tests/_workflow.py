@@ -234,10 +234,20 @@ class WorkflowStoreContract(ContractSuite):
         # A step whose value is None is recorded like any other
         assert await workflows.list_steps(run.id) == [first, nothing, sleep]
         assert (await self.must_get(workflows, run.id)).cursor == 3
+        # A failed step is recorded with its error; an earlier position saved late (steps
+        # run at once) does not move the cursor back
+        failed = self.step(
+            run, 5, "flaky", None, error=TaskError(type="ValueError", message="no"), attempts=3
+        )
+        await workflows.save_step(run.id, run.fence, failed)
+        late = self.step(run, 4, "late", 4, completed_at=6.0)
+        await workflows.save_step(run.id, run.fence, late)
+        assert (await self.must_get(workflows, run.id)).cursor == 6
+        assert (await workflows.list_steps(run.id))[-2:] == [late, failed]
         # The same name again replaces its checkpoint
         replaced = self.step(run, 2, "sleep", {"until": 100.0}, kind="sleep", completed_at=5.0)
         await workflows.save_step(run.id, run.fence, replaced)
-        assert (await workflows.list_steps(run.id))[-1] == replaced
+        assert [s for s in await workflows.list_steps(run.id) if s.name == "sleep"] == [replaced]
         assert await workflows.list_steps(unique("missing")) == []
 
     async def test_a_step_value_that_cannot_be_stored_changes_nothing(

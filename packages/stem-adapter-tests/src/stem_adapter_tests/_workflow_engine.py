@@ -25,6 +25,7 @@ from stem import (
     NonDeterminismError,
     SerializationError,
     Stem,
+    StepFailedError,
     StepRetry,
     WorkflowContext,
 )
@@ -167,6 +168,64 @@ class WorkflowScriptContract(ContractSuite):
         assert result.error is not None and result.error.type == "ValueError"
         assert "step 'call' failed after 3 attempts: try 3 failed" in result.error.message
         assert result.error.traceback and "flaky" in result.error.traceback
+
+    async def test_a_caught_step_failure_is_recorded_and_not_run_again(
+        self, app: Stem, drive: Drive
+    ) -> None:
+        tries = 0
+
+        def declined() -> None:
+            nonlocal tries
+            tries += 1
+            raise ValueError("card declined")
+
+        @app.workflow(name="fallback")
+        async def fallback(wf: WorkflowContext) -> str:
+            try:
+                await wf.step("card", declined)
+            except StepFailedError as exc:
+                assert exc.error.type == "ValueError"
+                await wf.sleep(10)  # a replay comes back through the failure
+                return f"invoice after {exc.error.message}"
+            return "paid"
+
+        async with app.worker():
+            run_id = await fallback.start()
+            await drive(reaches(app, run_id, RunStatus.COMPLETED))
+        assert tries == 1
+        result = await app.wait_for_workflow(run_id, timeout=1)
+        assert result.value == "invoice after card declined"
+        [card, _sleep] = await app.workflow_store.list_steps(run_id)
+        assert card.error is not None and card.error.type == "ValueError"
+
+    async def test_steps_run_at_once_and_a_wait_among_them_keep_their_records(
+        self, app: Stem, drive: Drive
+    ) -> None:
+        calls: Counter[str] = Counter()
+
+        async def fetch(name: str) -> str:
+            calls[name] += 1
+            return name.upper()
+
+        @app.workflow(name="fan.out")
+        async def fan_out(wf: WorkflowContext) -> list[Any]:
+            values = await asyncio.gather(
+                wf.step("a", fetch, "a"), wf.step("b", fetch, "b"), wf.step("c", fetch, "c")
+            )
+            signal = await wf.wait_for_event("go")
+            return [*values, signal]
+
+        async with app.worker():
+            run_id = await fan_out.start()
+
+            async def waiting() -> bool:
+                return await app.workflow_store.runs_waiting_on("go") == [run_id]
+
+            await drive(waiting)
+            await app.emit_event("go", "now")
+            await drive(reaches(app, run_id, RunStatus.COMPLETED))
+        assert (await app.wait_for_workflow(run_id, timeout=1)).value == ["A", "B", "C", "now"]
+        assert calls == {"a": 1, "b": 1, "c": 1}
 
     async def test_replay_meeting_a_different_step_fails_with_both_names(
         self, app: Stem, drive: Drive

@@ -535,7 +535,7 @@ def _save_step(
         " data = excluded.data",
         (run_id, checkpoint.name, checkpoint.position, checkpoint.completed_at, data),
     )
-    run.cursor = checkpoint.position + 1
+    run.cursor = max(run.cursor, checkpoint.position + 1)  # out-of-order saves never go back
     run.resume = None
     run.updated_at = now
     _store(conn, run)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from ._context import ChildWorkflowError, FlowContext, WorkflowContext
 from ._definitions import Flow, Workflow, policy_of
 from ._engine import RUN_TASK, Workflows
+from ._execution import StepFailedError
 from ._records import StepRetry, WorkflowRef, WorkflowResult
 from ._replay import replay_check
 
@@ -13,6 +14,7 @@ __all__ = [
     "ChildWorkflowError",
     "Flow",
     "FlowContext",
+    "StepFailedError",
     "StepRetry",
     "Workflow",
     "WorkflowContext",

@@ -10,7 +10,14 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 from .._errors import ConfigurationError, EventTimeoutError, StemError
 from .._messages import TaskError
 from .._options import seconds
-from ._execution import Execution, non_determinism, return_hint, storable, typed
+from ._execution import (
+    Execution,
+    StepFailedError,
+    non_determinism,
+    return_hint,
+    storable,
+    typed,
+)
 from ._records import NO_RETRY, StepRetry
 
 if TYPE_CHECKING:
@@ -57,16 +64,15 @@ def _duration(value: float | timedelta, what: str) -> float:
 
 
 def _moment(value: float | timedelta | datetime | None, now: float, what: str) -> float | None:
-    """A deadline given as a datetime (aware), a timestamp, or a duration from now."""
+    """A deadline given as an aware datetime, or as a duration from now (a timedelta or
+    seconds, as everywhere else in Stem)."""
     if value is None:
         return None
     if isinstance(value, datetime):
         if value.tzinfo is None:
             raise ConfigurationError(f"{what} must be timezone-aware, not {value!r}")
         return value.timestamp()
-    if isinstance(value, timedelta):
-        return now + value.total_seconds()
-    return float(value)
+    return now + _duration(value, what)
 
 
 class WorkflowContext:
@@ -158,10 +164,27 @@ class WorkflowContext:
         hint = return_hint(fn)
         found = self._recorded(position, "step", label)
         if found is not None:
+            if found.error is not None:
+                raise StepFailedError(label, found.attempts, found.error)
             return typed(found.value, hint)
         self._x.new_ground()
         self._x.check_policy()
-        value, attempts, started = await self._x.call(label, fn, args, kwargs, retry or NO_RETRY)
+        started = self._x.now()
+        try:
+            value, attempts, started = await self._x.call(
+                label, fn, args, kwargs, retry or NO_RETRY
+            )
+        except StepFailedError as failure:
+            await self._x.save(
+                position,
+                label,
+                None,
+                "step",
+                attempts=failure.attempts,
+                started_at=started,
+                error=failure.error,
+            )
+            raise
         plain = storable(value, f"the value of step {label!r}")
         await self._x.save(position, label, plain, "step", attempts=attempts, started_at=started)
         return typed(plain, hint)
@@ -198,10 +221,10 @@ class WorkflowContext:
             outcome: dict[str, Any] = found.value
         else:
             self._x.new_ground()
-            resume = self._x.take_resume(position)
-            if resume is not None and resume.topic == topic and resume.kind == "event":
+            resume = self._x.take_event_resume(topic)
+            if resume is not None and resume.kind == "event":
                 outcome = {"payload": resume.payload}
-            elif resume is not None and resume.topic == topic and resume.kind == "timeout":
+            elif resume is not None and resume.kind == "timeout":
                 outcome = {"timeout": True}
             else:
                 limit = None if timeout is None else _duration(timeout, "timeout")
@@ -302,6 +325,8 @@ class FlowContext:
         #: The value the step before this one returned.
         self.previous_result = previous_result
         self._slept = False
+        resume = execution.peek_resume(position)
+        self._resumed_by = resume.kind if resume is not None else None
 
     @property
     def run_id(self) -> str:
@@ -321,8 +346,7 @@ class FlowContext:
     @property
     def resumed_by(self) -> str | None:
         """``"wake"`` (a sleep ended), ``"event"``, ``"timeout"``, or None on a first run."""
-        resume = self._x.peek_resume(self.position)
-        return resume.kind if resume is not None else None
+        return self._resumed_by
 
     def take_resume_data(self) -> Any:
         """Why this step runs again, once: an event's payload, True after a sleep, None

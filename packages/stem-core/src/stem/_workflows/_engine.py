@@ -23,7 +23,7 @@ from .._task import TaskContext
 from ..contracts import RunPolicy, RunStatus, StepCheckpoint, WorkflowRun, WorkflowStore
 from ._context import check_storable_params, child_topic
 from ._definitions import Workflow
-from ._execution import Execution, PolicyExceeded, StepFailed, Suspended, storable, typed
+from ._execution import Execution, PolicyExceeded, StepFailedError, Suspended, storable, typed
 from ._records import WorkflowResult
 from ._replay import replay_check
 
@@ -334,7 +334,6 @@ class Workflows:
 
 def _run_error(exc: Exception) -> TaskError:
     """The run's error record: a failed step's own error, its message naming the step."""
-    if isinstance(exc, StepFailed):
-        inner = task_error(exc.error)
-        return TaskError(type=inner.type, message=str(exc), traceback=inner.traceback)
+    if isinstance(exc, StepFailedError):
+        return TaskError(type=exc.error.type, message=str(exc), traceback=exc.error.traceback)
     return task_error(exc)

@@ -16,6 +16,8 @@ import msgspec
 
 from .._codec import enc_hook, encode_problem, plain_problem
 from .._errors import NonDeterminismError, SerializationError, StemError
+from .._execute import task_error
+from .._messages import TaskError
 from ..contracts import Resume, StepCheckpoint, WorkflowRun, WorkflowStore
 from ._records import StepRetry
 
@@ -25,7 +27,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Execution",
     "PolicyExceeded",
-    "StepFailed",
+    "StepFailedError",
     "Suspended",
     "non_determinism",
     "return_hint",
@@ -49,12 +51,23 @@ class PolicyExceeded(Exception):
         self.reason = reason
 
 
-class StepFailed(StemError):
-    """A step raised on its last try; the run fails with the step's own error."""
+class StepFailedError(StemError):
+    """A workflow step raised on its last try.
 
-    def __init__(self, step: str, attempts: int, error: BaseException) -> None:
+    Raised by ``await wf.step(...)``: uncaught, it fails the run with the step's own
+    error. The failure is recorded, so a replay raises it again instead of running the
+    step, and a script that catches it takes the same path on every execution.
+
+    Attributes:
+        step: the step's name (with its occurrence, ``charge#1``).
+        attempts: how many tries it had.
+        error: the step's error record (its ``type`` is the exception's class, e.g.
+            ``"ValueError"``, its ``traceback`` the step's).
+    """
+
+    def __init__(self, step: str, attempts: int, error: TaskError) -> None:
         tries = f"{attempts} attempts" if attempts > 1 else "1 attempt"
-        super().__init__(f"step {step!r} failed after {tries}: {error}")
+        super().__init__(f"step {step!r} failed after {tries}: {error.message}")
         self.step, self.attempts, self.error = step, attempts, error
 
 
@@ -135,6 +148,14 @@ class Execution:
     def peek_resume(self, position: int) -> Resume | None:
         return self._resume if position == self.started_cursor else None
 
+    def take_event_resume(self, topic: str) -> Resume | None:
+        """What woke the run, if it was an event (or a timeout) on ``topic``: for the
+        first wait on the topic that the run has not recorded (once)."""
+        if self._resume is None or self._resume.topic != topic:
+            return None
+        resume, self._resume = self._resume, None
+        return resume
+
     def new_ground(self) -> None:
         """The code is about to do something the run has not recorded (a replay check
         stops here)."""
@@ -150,6 +171,7 @@ class Execution:
         *,
         attempts: int = 1,
         started_at: float | None = None,
+        error: TaskError | None = None,
     ) -> None:
         now = self.now()
         checkpoint = StepCheckpoint(
@@ -159,12 +181,13 @@ class Execution:
             value=value,
             kind=kind,
             attempts=attempts,
+            error=error,
             started_at=now if started_at is None else started_at,
             completed_at=now,
         )
         await self.store.save_step(self.run.id, self.fence, checkpoint)
         self._steps.setdefault(position, []).append(checkpoint)
-        self.run.cursor = position + 1
+        self.run.cursor = max(self.run.cursor, position + 1)
 
     async def suspend(
         self,
@@ -228,7 +251,7 @@ class Execution:
         """Run a step's function with its retries: (value, attempts, started_at).
 
         Raises:
-            StepFailed: the last try raised.
+            StepFailedError: the last try raised.
         """
         started = self.now()
         attempt = 0
@@ -244,7 +267,7 @@ class Execution:
                 return value, attempt, started
             except Exception as exc:
                 if not retry.retries(exc, attempt):
-                    raise StepFailed(step, attempt, exc) from exc
+                    raise StepFailedError(step, attempt, task_error(exc)) from exc
                 await self.app.clock.sleep(max(0.0, retry.backoff(attempt)))
                 self.check_policy()
 

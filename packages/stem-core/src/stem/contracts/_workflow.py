@@ -126,6 +126,9 @@ class StepCheckpoint(msgspec.Struct, kw_only=True, omit_defaults=True):
     #: "step", "sleep", "event", "patch" or "child": what kind of call recorded it.
     kind: str = "step"
     attempts: int = 1
+    #: Set when the step failed on its last try (``value`` is then None): a replay
+    #: raises it again instead of running the step.
+    error: TaskError | None = None
     started_at: float = 0.0
     completed_at: float = 0.0
 
@@ -199,8 +202,9 @@ class WorkflowStore(abc.ABC):
 
     @abc.abstractmethod
     async def save_step(self, run_id: str, fence: int, checkpoint: StepCheckpoint) -> None:
-        """Record a checkpoint (replacing one of the same name), move the cursor past it,
-        clear ``resume``, and refresh ``updated_at`` (a heartbeat).
+        """Record a checkpoint (replacing one of the same name), move the cursor past it
+        (never back: steps run at once may be saved out of order), clear ``resume``, and
+        refresh ``updated_at`` (a heartbeat).
 
         Raises:
             LeaseLostError: the run is not running at ``fence``.

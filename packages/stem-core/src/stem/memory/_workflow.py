@@ -159,7 +159,7 @@ class MemoryWorkflowStore(WorkflowStore):
         run = self._fenced(run_id, fence)
         data = _run_encoder.encode(checkpoint)  # fails before anything changes
         self._steps.setdefault(run_id, {})[checkpoint.name] = data
-        run.cursor = checkpoint.position + 1
+        run.cursor = max(run.cursor, checkpoint.position + 1)  # out-of-order saves never go back
         run.resume = None
         run.updated_at = self.clock.now()
         self._put(run)

@@ -10,6 +10,10 @@ local name = nextarg()
 local cursor = nextarg()
 redis.call('HSET', steps_key(id), name, nextarg())
 redis.call('HDEL', run_key(id), 'rkind', 'rtopic', 'rpayload')
+-- The cursor only moves forward: steps run at once may finish out of order.
+if tonumber(cursor) < tonumber(redis.call('HGET', run_key(id), 'cursor') or '0') then
+  cursor = redis.call('HGET', run_key(id), 'cursor')
+end
 redis.call('HSET', run_key(id), 'cursor', cursor, 'updated', now)
 changed(id)
 return 1
