@@ -33,6 +33,15 @@ EXPECTED = {
         "result read synchronously",
     ],
     "process_pool.py": ["primes below 200,000: 17984", "stopped politely at the soft limit"],
+    "workflow_checkout.py": [
+        "run completed, steps: reserve, charge, sleep, event:shipped.order-42, receipt",
+        "receipt: order-42 charged 3998 cents, shipped by ups",
+    ],
+    "workflow_flow.py": [
+        "approval: durable-flows waits for an editor",
+        "approval: resumed by event: {'editor': 'ann'}",
+        "published durable-flows (812 words), approved by ann",
+    ],
 }
 
 
