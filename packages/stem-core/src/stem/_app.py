@@ -174,6 +174,7 @@ class Stem:
         self.dead_letters = DeadLetters(self)
         #: The registered workflows, and the operations on runs (see stem._workflows).
         self.workflows = Workflows(self)
+        self.workflows.register_run_task()
         self._portal = Portal()
         #: The broker's and the backend's URLs when built by :meth:`from_url` (None when
         #: the stores were passed in); they may hold a password, so do not print them as is.

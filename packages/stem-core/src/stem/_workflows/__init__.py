@@ -24,3 +24,8 @@ __all__ = [
     "policy_of",
     "replay_check",
 ]
+
+# Public errors are named from the package (``stem.StepFailedError``), as in _errors.
+for _error in (ChildWorkflowError, StepFailedError):
+    _error.__module__ = "stem"
+del _error

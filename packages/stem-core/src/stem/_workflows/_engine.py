@@ -79,8 +79,12 @@ class Workflows:
                 f"a different workflow is already registered as {definition.name!r}; pass name="
             )
         self.registry[definition.name] = definition
-        if RUN_TASK not in self.app.tasks:
-            self.app.task(name=RUN_TASK, max_retries=0, result_ttl=3600.0)(self._run_task)
+
+    def register_run_task(self) -> None:
+        """Register ``stem.workflow.run`` with the app: every app has it, so a worker
+        that gets a run it has no code for fails the run with a reason instead of
+        dead-lettering the message (and seeing it again at every dispatch)."""
+        self.app.task(name=RUN_TASK, max_retries=0, result_ttl=3600.0)(self._run_task)
 
     # -- starting ------------------------------------------------------------------------
 
