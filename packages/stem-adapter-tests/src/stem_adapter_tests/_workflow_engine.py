@@ -227,6 +227,27 @@ class WorkflowScriptContract(ContractSuite):
         assert (await app.wait_for_workflow(run_id, timeout=1)).value == ["A", "B", "C", "now"]
         assert calls == {"a": 1, "b": 1, "c": 1}
 
+    async def test_a_step_longer_than_the_lease_keeps_its_run(
+        self, app: Stem, clock: FakeClock, drive: Drive
+    ) -> None:
+        runs = 0
+
+        async def slow() -> str:
+            nonlocal runs
+            runs += 1
+            await clock.sleep(app.workflows.lease * 3)  # renewed meanwhile, on the clock
+            return "done"
+
+        @app.workflow(name="long.step")
+        async def long_step(wf: WorkflowContext) -> str:
+            return await wf.step("slow", slow)
+
+        async with app.worker(concurrency=4):
+            run_id = await long_step.start()
+            await drive(reaches(app, run_id, RunStatus.COMPLETED), step=1.0)
+        assert runs == 1
+        assert (await app.wait_for_workflow(run_id, timeout=1)).value == "done"
+
     async def test_replay_meeting_a_different_step_fails_with_both_names(
         self, app: Stem, drive: Drive
     ) -> None:

@@ -260,7 +260,12 @@ class Workflows:
         body = asyncio.ensure_future(self._drive(execution))
         try:
             while not body.done():
-                await asyncio.wait({body}, timeout=self.lease / 3)
+                # On the app's clock, as the lease is (a FakeClock in tests).
+                pause = asyncio.ensure_future(self.app.clock.sleep(self.lease / 3))
+                try:
+                    await asyncio.wait({body, pause}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    pause.cancel()
                 if body.done():
                     break
                 try:
