@@ -208,6 +208,41 @@ async def test_a_run_killed_mid_step_is_taken_over_and_completed_by_another_work
     assert survivor.poll() is None
 
 
+async def test_a_worker_stopped_mid_step_hands_its_run_back_at_once(
+    workers: Workers, producer: Stem
+) -> None:
+    # Given a worker held in a script's third step, with leases of ten minutes (so
+    # only a hand-back, not a lease's end, lets another worker have the run soon)
+    long_lease = {"WF_LEASE": "600"}
+    first = workers.start("-c", "4", "--grace-period", "0.5", env={**long_lease, "HOLD_STEP": "s2"})
+    run_id = await producer.start_workflow("wf.steps", {"count": 5})
+
+    async def first_in_step_2() -> bool:
+        return workers.starts().get((run_id, "s2")) == [first.pid]
+
+    await until(first_in_step_2, "the first worker starting step s2", workers)
+
+    # When it is stopped with SIGTERM, its grace period too short for the step
+    first.send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(first.wait, 60) == 0, workers.logs()
+
+    # Then a second worker takes the run over at once (not in ten minutes) and completes it
+    second = workers.start("-c", "4", env=long_lease)
+    result = await producer.wait_for_workflow(run_id, timeout=15)
+    assert not result.timed_out, (
+        f"the run was not handed back on SIGTERM: {result.run}\n{workers.logs()}"
+    )
+    assert result.status is RunStatus.COMPLETED, result.error
+    assert result.value == [0, 1, 4, 9, 16]
+    assert workers.starts() == {
+        (run_id, "s0"): [first.pid],
+        (run_id, "s1"): [first.pid],
+        (run_id, "s2"): [first.pid, second.pid],
+        (run_id, "s3"): [second.pid],
+        (run_id, "s4"): [second.pid],
+    }
+
+
 @pytest.mark.parametrize("how", ["emit_event", "send_event"])
 async def test_an_event_given_while_no_worker_runs_resumes_the_run_when_one_starts(
     workers: Workers, producer: Stem, how: str

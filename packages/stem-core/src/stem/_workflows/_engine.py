@@ -282,8 +282,9 @@ class Workflows:
                     body.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await body
-        except asyncio.CancelledError:
-            # The worker is stopping: hand the run back for another worker at once.
+        except BaseException:
+            # The worker is stopping: cancelled, or ``Terminated`` past its grace period.
+            # Hand the run back for another worker at once (else it waits for its lease).
             body.cancel()
             with contextlib.suppress(BaseException):
                 await asyncio.shield(store.release_run(run_id, execution.fence))
