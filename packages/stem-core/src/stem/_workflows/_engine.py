@@ -155,10 +155,28 @@ class Workflows:
             )
 
     async def dispatch_due(self, limit: int = 100) -> int:
-        """Dispatch the runs whose wake time has come; returns how many."""
+        """Dispatch the runs whose wake time has come; returns how many were handed out.
+
+        A run that woke (a sleep's end, a deadline) or whose worker died is dispatched.
+        One that was already pending (started, released, or resolved by an event, each
+        dispatched then) is dispatched again only if its queue is empty: while the queue
+        has a backlog its message is most likely still waiting there, and a copy per
+        window would multiply the messages of a busy queue.
+        """
         ids = await self.store.due_runs(limit=limit, redispatch_after=self.redispatch_after)
+        backlog: dict[str, int] = {}
         for run_id in ids:
-            await self.dispatch(run_id)
+            run = await self.store.get_run(run_id)
+            if run is None or run.status.is_final:
+                continue
+            resume = run.resume
+            waiting = run.status is RunStatus.PENDING and (resume is None or resume.kind == "event")
+            if waiting:
+                if run.queue not in backlog:
+                    backlog[run.queue] = await self.app.broker.pending_count(run.queue)
+                if backlog[run.queue] > 0:
+                    continue
+            await self.dispatch(run.id, run.queue)
         return len(ids)
 
     # -- events and steering -------------------------------------------------------------
