@@ -14,6 +14,8 @@ def test_all_is_the_public_api() -> None:
         "ResultBackendContract",
         "RevokeStoreContract",
         "ScheduleStoreContract",
+        "WorkflowScriptContract",
+        "WorkflowStoreContract",
         "requires",
         "skip_or_fail",
     ]
@@ -31,6 +33,8 @@ def test_suites_are_not_collected_by_themselves() -> None:
         "ResultBackendContract",
         "RevokeStoreContract",
         "ScheduleStoreContract",
+        "WorkflowScriptContract",
+        "WorkflowStoreContract",
     ):
         assert not name.startswith("Test")
         assert getattr(stem_adapter_tests, name).__doc__
