@@ -205,10 +205,8 @@ class SqliteWorkflowStore(FileStore, WorkflowStore):
 
     async def renew_run(self, run_id: str, fence: int, ttl: float) -> bool:
         db = await self._db()
-        renewed = await db.write_small(_renew_run, run_id, fence, ttl, self.clock.now(), self.path)
-        if renewed:
-            self._changed(db, [run_id])
-        return renewed
+        # No wake-up: waiters wait for a status, which a renewal does not change.
+        return await db.write_small(_renew_run, run_id, fence, ttl, self.clock.now(), self.path)
 
     async def release_run(self, run_id: str, fence: int) -> bool:
         db = await self._db()
@@ -221,8 +219,8 @@ class SqliteWorkflowStore(FileStore, WorkflowStore):
 
     async def save_step(self, run_id: str, fence: int, checkpoint: StepCheckpoint) -> None:
         db = await self._db()
+        # No wake-up: waiters wait for a status, which a checkpoint does not change.
         await db.write_small(_save_step, run_id, fence, checkpoint, self.clock.now(), self.path)
-        self._changed(db, [run_id])
 
     async def list_steps(self, run_id: str) -> builtins.list[StepCheckpoint]:
         db = await self._db()

@@ -273,7 +273,8 @@ class Workflows:
         run = await store.claim_run(run_id, owner, self.lease)
         if run is None:
             return
-        steps = await store.list_steps(run_id)
+        # A run's first claim (fence 1) has nothing recorded to read back.
+        steps = await store.list_steps(run_id) if run.fence > 1 else []
         execution = Execution(self.app, store, run, steps)
         body = asyncio.ensure_future(self._drive(execution))
         try:

@@ -8,6 +8,7 @@ first call at the cursor may consume what woke the run (``resume``).
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -97,7 +98,9 @@ def typed(value: Any, hint: Any) -> Any:
         return value
 
 
+@functools.lru_cache(maxsize=1024)
 def return_hint(fn: Callable[..., Any]) -> Any:
+    """``fn``'s return annotation (cached: every step of every replay asks)."""
     try:
         return inspect.signature(fn, eval_str=True).return_annotation
     except Exception:

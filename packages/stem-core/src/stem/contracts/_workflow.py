@@ -292,8 +292,9 @@ class WorkflowStore(abc.ABC):
         return None
 
     async def wait_for_change(self, run_id: str, timeout: float) -> None:
-        """Return when the run may have changed, or after ``timeout`` seconds; the default
-        sleeps a poll interval. Adapters that can be notified override it."""
+        """Return when the run's status may have changed, or after ``timeout`` seconds
+        (a checkpoint or a lease renewal need not wake it); the default sleeps a poll
+        interval. Adapters that can be notified override it."""
         await self.clock.sleep(min(timeout, self.poll_interval))
 
     # -- operators --------------------------------------------------------------------------

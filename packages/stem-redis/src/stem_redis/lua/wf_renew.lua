@@ -8,5 +8,5 @@ end
 local ends = clock_after(now, nextarg())
 redis.call('HSET', run_key(id), 'lease', ends)
 set_wake(r, ends)
-changed(id)
+-- no changed(id): waiters wait for a status, which this does not change
 return 1

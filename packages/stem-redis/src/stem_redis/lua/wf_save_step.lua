@@ -15,5 +15,5 @@ if tonumber(cursor) < tonumber(redis.call('HGET', run_key(id), 'cursor') or '0')
   cursor = redis.call('HGET', run_key(id), 'cursor')
 end
 redis.call('HSET', run_key(id), 'cursor', cursor, 'updated', now)
-changed(id)
+-- no changed(id): waiters wait for a status, which this does not change
 return 1
