@@ -4,7 +4,8 @@ The figures of a run this small mean nothing; what is checked is that every meas
 runs end to end (worker processes, the floor's copy of Stem's SQL, the JSON report)
 and that the steady-state arithmetic is right. The Redis benchmark's peers are not in
 the test environment (they are in the bench-redis dependency group): its tests run the
-floor and the Stem row only.
+floor and the Stem row only. Likewise DBOS (bench-workflows): the workflow benchmark's
+tests run the Stem rows only.
 """
 
 from __future__ import annotations
@@ -147,3 +148,46 @@ def test_redis_bench_stem_row_runs(tmp_path: Path) -> None:
     for key in ("enqueue_one", "enqueue_batched", "drain"):
         assert stem["figures"][key] > 0, key
     assert len(stem["figures"]["round_trips"]) == 20
+
+
+def _workflow_bench(systems: str, tmp_path: Path) -> dict[str, Any]:
+    """Run workflows.py with tiny sizes on Stem only (DBOS is in the bench-workflows group,
+    not in the test environment); its JSON report."""
+    out = tmp_path / "figures.json"
+    args = ["-n", "20", "-m", "5", "-r", "1", "--warm-up", "2", "--systems", systems]
+    done = _run(
+        "workflows.py", *args, "--json", str(out), "--tmp", str(tmp_path), tmp_path=tmp_path
+    )
+    assert done.returncode == 0, done.stderr
+    assert "| system | store | durability (read back) |" in done.stdout
+    assert "| Stem's target (vs DBOS on SQLite, same durability) |" in done.stdout
+    report: dict[str, Any] = json.loads(out.read_text())
+    level = report["levels"]["NORMAL"]
+    for system in systems.split(","):
+        run = next(r for r in level["raw"] if r["system"] == system)
+        assert run["ok"], run
+        assert run["run"]["throughput"] > 0
+        assert len(run["run"]["latencies"]) == 5
+    return level
+
+
+@pytest.mark.slow
+@pytest.mark.processes
+def test_workflow_bench_stem_on_sqlite_runs(tmp_path: Path) -> None:
+    level = _workflow_bench("stem-sqlite", tmp_path)
+    assert level["read_back"]["stem-sqlite"] == {"synchronous": "NORMAL", "journal_mode": "WAL"}
+
+
+@pytest.mark.slow
+@pytest.mark.processes
+@pytest.mark.redis
+def test_workflow_bench_stem_on_redis_runs(tmp_path: Path) -> None:
+    import redis_server  # tools/ is on the path (tests/conftest.py)
+
+    try:
+        redis_server.find_binary()
+    except redis_server.RedisServerUnavailable as exc:
+        skip_or_fail(f"no redis-server for the workflow benchmark: {exc}")
+    level = _workflow_bench("stem-redis", tmp_path)
+    server = level["redis_server"]
+    assert (server["appendonly"], server["appendfsync"]) == ("yes", "everysec")
