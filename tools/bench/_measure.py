@@ -9,15 +9,20 @@ by the time between them, which leaves out the worker's start-up and the tail.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import platform
+import signal
 import sqlite3
 import statistics
+import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import metadata
+from pathlib import Path
+from typing import Any
 
 __all__ = [
     "BenchError",
@@ -30,6 +35,7 @@ __all__ = [
     "percentile",
     "platform_settings",
     "rss_bytes",
+    "run_in_own_process",
     "steady_rate",
     "summarize",
     "window_rates",
@@ -184,3 +190,38 @@ def comma_choices(allowed: Sequence[str]) -> Callable[[str], list[str]]:
         return items
 
     return parse
+
+
+def run_in_own_process(
+    cmd: list[str], workdir: Path, out_path: Path, name: str, env: dict[str, str], timeout: float
+) -> dict[str, Any]:
+    """Run one repetition's runner in a process group of its own and read its JSON result
+    from ``out_path``; whatever the group left behind (a worker) is killed afterwards."""
+    with open(workdir / "runner.log", "wb") as log:
+        proc = subprocess.Popen(
+            cmd, cwd=workdir, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc.pid)
+            proc.wait()
+            return {"ok": False, "reason": f"stopped after {timeout:.0f} s"}
+        _kill_group(proc.pid)  # a worker left behind by a runner that crashed
+    if not out_path.exists():
+        tail = (workdir / "runner.log").read_text(errors="replace").splitlines()[-5:]
+        return {"ok": False, "reason": f"exited with code {proc.returncode}: {' / '.join(tail)}"}
+    result: dict[str, Any] = json.loads(out_path.read_text())
+    if not result["ok"]:
+        log_text = (workdir / "runner.log").read_text(errors="replace").strip()
+        if log_text:
+            print(f"--- {name}:\n{log_text}", file=sys.stderr)
+    return result
+
+
+def _kill_group(pgid: int) -> None:
+    """Kill what is left of the process group a runner led (its workers, their children)."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass

@@ -36,8 +36,6 @@ import importlib
 import json
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -52,6 +50,7 @@ from _measure import (
     paired_ratios,
     percentile,
     platform_settings,
+    run_in_own_process,
     summarize,
 )
 from _redis_common import MODULES, RedisPlan
@@ -108,39 +107,7 @@ def _run_system(system: str, plan: RedisPlan) -> dict[str, Any]:
         k: v for k, v in os.environ.items() if not k.startswith("STEM_") or k == "STEM_REDIS_CLIENT"
     }
     cmd = [sys.executable, str(RUNNER), system, str(plan_path), str(out_path)]
-    with open(workdir / "runner.log", "wb") as log:
-        proc = subprocess.Popen(
-            cmd,
-            cwd=workdir,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
-        try:
-            proc.wait(timeout=RUN_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            _kill_group(proc.pid)
-            proc.wait()
-            return {"ok": False, "reason": f"stopped after {RUN_TIMEOUT:.0f} s"}
-        _kill_group(proc.pid)  # a worker left behind by a runner that crashed
-    if not out_path.exists():
-        tail = (workdir / "runner.log").read_text(errors="replace").splitlines()[-5:]
-        return {"ok": False, "reason": f"exited with code {proc.returncode}: {' / '.join(tail)}"}
-    result: dict[str, Any] = json.loads(out_path.read_text())
-    if not result["ok"]:
-        log_text = (workdir / "runner.log").read_text(errors="replace").strip()
-        if log_text:
-            print(f"--- {system}:\n{log_text}", file=sys.stderr)
-    return result
-
-
-def _kill_group(pgid: int) -> None:
-    """Kill what is left of the process group a runner led (its workers, their children)."""
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+    return run_in_own_process(cmd, workdir, out_path, system, env, RUN_TIMEOUT)
 
 
 def _figures(raw: dict[str, Any]) -> dict[str, float]:

@@ -39,8 +39,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -57,8 +55,10 @@ from _measure import (
     paired_ratios,
     percentile,
     platform_settings,
+    run_in_own_process,
     summarize,
 )
+from _redis_setup import server_settings
 from _wf_common import MODULES, TRIP_TIMEOUT, WfPlan
 
 SYSTEMS = tuple(MODULES)
@@ -107,33 +107,7 @@ def _run_system(plan: WfPlan, profile: Path | None) -> dict[str, Any]:
         cmd += ["-m", "cProfile", "-o", str(profile / f"{workdir.name}-harness.prof")]
         env["STEM_BENCH_PROFILE"] = str(profile / f"{workdir.name}-worker.prof")
     cmd += [str(RUNNER), str(plan_path), str(out_path)]
-    with open(workdir / "runner.log", "wb") as log:
-        proc = subprocess.Popen(
-            cmd, cwd=workdir, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-        )
-        try:
-            proc.wait(timeout=RUN_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            _kill_group(proc.pid)
-            proc.wait()
-            return {"ok": False, "reason": f"stopped after {RUN_TIMEOUT:.0f} s"}
-        _kill_group(proc.pid)  # a worker left behind by a runner that crashed
-    if not out_path.exists():
-        tail = (workdir / "runner.log").read_text(errors="replace").splitlines()[-5:]
-        return {"ok": False, "reason": f"exited with code {proc.returncode}: {' / '.join(tail)}"}
-    result: dict[str, Any] = json.loads(out_path.read_text())
-    if not result["ok"]:
-        log_text = (workdir / "runner.log").read_text(errors="replace").strip()
-        if log_text:
-            print(f"--- {plan.system}:\n{log_text}", file=sys.stderr)
-    return result
-
-
-def _kill_group(pgid: int) -> None:
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+    return run_in_own_process(cmd, workdir, out_path, plan.system, env, RUN_TIMEOUT)
 
 
 def _figures(run: dict[str, Any]) -> dict[str, float]:
@@ -179,19 +153,11 @@ class _Redis:
             if self.own:
                 client.config_set("appendfsync", APPENDFSYNC[sync])
             client.flushdb()
-            info = client.info("server")
-            config = client.config_get("save") | client.config_get("appendonly")
-            config |= client.config_get("appendfsync")
         except redis.RedisError as exc:
             raise BenchError(f"cannot talk to the Redis server at {self.url}: {exc}") from exc
         finally:
             client.close()
-        return {
-            "version": str(info.get("redis_version", "?")),
-            "save": str(config.get("save", "?")),
-            "appendonly": str(config.get("appendonly", "?")),
-            "appendfsync": str(config.get("appendfsync", "?")),
-        }
+        return server_settings(self.url)
 
     def stop(self) -> None:
         if self.server is not None:

@@ -75,20 +75,10 @@ def _moment(value: float | timedelta | datetime | None, now: float, what: str) -
     return now + _duration(value, what)
 
 
-class WorkflowContext:
-    """The handle a workflow script gets as its first argument.
+class _RunContext:
+    """What every workflow context tells about its run."""
 
-    Every ``await wf.step(...)``, ``wf.sleep(...)``, ``wf.wait_for_event(...)``,
-    ``wf.patched(...)`` and child call takes the next position in the run; on replay,
-    a position already recorded returns its checkpoint without running. The order of
-    these calls must therefore be the same on every execution of a run (code between
-    them may do anything that does not change which calls come next).
-    """
-
-    def __init__(self, execution: Execution) -> None:
-        self._x = execution
-        self._position = 0
-        self._seen: Counter[str] = Counter()
+    _x: Execution
 
     @property
     def run_id(self) -> str:
@@ -106,6 +96,22 @@ class WorkflowContext:
         """A key that is the same on every execution of this run: pass it to outside
         services so a step that runs again after a crash does not act twice."""
         return f"{self.workflow}/{self.run_id}/{scope}"
+
+
+class WorkflowContext(_RunContext):
+    """The handle a workflow script gets as its first argument.
+
+    Every ``await wf.step(...)``, ``wf.sleep(...)``, ``wf.wait_for_event(...)``,
+    ``wf.patched(...)`` and child call takes the next position in the run; on replay,
+    a position already recorded returns its checkpoint without running. The order of
+    these calls must therefore be the same on every execution of a run (code between
+    them may do anything that does not change which calls come next).
+    """
+
+    def __init__(self, execution: Execution) -> None:
+        self._x = execution
+        self._position = 0
+        self._seen: Counter[str] = Counter()
 
     def _next(self, base: str) -> tuple[int, str]:
         position = self._position
@@ -300,7 +306,7 @@ class WorkflowContext:
         return await self.wait_for_child(await self.start_child(workflow, **params))
 
 
-class FlowContext:
+class FlowContext(_RunContext):
     """The handle each step of a flow gets.
 
     A step may suspend the run with ``await ctx.sleep(...)`` or ``await
@@ -327,21 +333,6 @@ class FlowContext:
         self._slept = False
         resume = execution.peek_resume(position)
         self._resumed_by = resume.kind if resume is not None else None
-
-    @property
-    def run_id(self) -> str:
-        return self._x.run.id
-
-    @property
-    def workflow(self) -> str:
-        return self._x.run.workflow
-
-    @property
-    def params(self) -> dict[str, Any]:
-        return dict(self._x.run.params)
-
-    def idempotency_key(self, scope: str = "") -> str:
-        return f"{self.workflow}/{self.run_id}/{scope}"
 
     @property
     def resumed_by(self) -> str | None:
