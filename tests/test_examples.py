@@ -21,6 +21,14 @@ from stem.contracts import Message
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 EXPECTED = {
+    "canvas.py": [
+        "prices: [120, 95, 310]",
+        "fig on sale: 279",
+        "basket: 215",
+        "receipt: ann pays 3.39",
+        "chord failed: shop.stock raised LookupError: no stock record for 'kiwi'",
+        "alert to ops: shop.stock failed with LookupError",
+    ],
     "quickstart.py": ["succeeded: order-42 charged 1999 cents", "sums: [0, 2, 4"],
     "retries_and_dead_letters.py": [
         "failed after 3 attempts",
@@ -36,6 +44,12 @@ EXPECTED = {
     "workflow_checkout.py": [
         "run completed, steps: reserve, charge, sleep, event:shipped.order-42, receipt",
         "receipt: order-42 charged 3998 cents, shipped by ups",
+    ],
+    "beat.py": [
+        "refused: invalid cron expression '0 25 * * *': Bad hour",
+        "sampled cpu 3 times, 0.5 s apart",
+        "runs recorded: True, drift recorded: True",
+        "at 09:00 Paris time",
     ],
     "workflow_flow.py": [
         "approval: durable-flows waits for an editor",

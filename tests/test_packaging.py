@@ -52,7 +52,13 @@ def test_package_readmes_link_nothing_outside_the_package(package: Path) -> None
 
 def test_stem_core_declares_only_what_it_uses() -> None:
     meta = project(ROOT / "packages" / "stem-core")["project"]
-    assert meta["dependencies"] == ["msgspec>=0.18"]
+    # cronsim, astral, tzdata: the beat scheduler's cron, sun and time zone work
+    assert meta["dependencies"] == [
+        "msgspec>=0.18",
+        "cronsim>=2.6",
+        "astral>=3.2",
+        "tzdata>=2024.1",
+    ]
     assert "optional-dependencies" not in meta
 
 

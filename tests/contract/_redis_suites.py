@@ -8,6 +8,8 @@ process would, so the suites' concurrency tests race two clients for real.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -19,6 +21,7 @@ from stem.memory import MemoryWorkflowStore
 from stem_adapter_tests import (
     BrokerContract,
     ControlChannelContract,
+    EventBusContract,
     LockStoreContract,
     RateLimiterContract,
     ResultBackendContract,
@@ -31,22 +34,27 @@ from stem_adapter_tests._support import WAIT_LIMIT, unique
 from stem_redis import (
     RedisBroker,
     RedisControlChannel,
+    RedisEventBus,
     RedisLockStore,
+    RedisOptions,
     RedisRateLimiter,
     RedisResultBackend,
     RedisRevokeStore,
     RedisScheduleStore,
     RedisWorkflowStore,
+    parse_url,
 )
 
 __all__ = [
     "RedisBrokerSuite",
     "RedisControlChannelSuite",
+    "RedisEventBusSuite",
     "RedisLockStoreSuite",
     "RedisRateLimiterOnTheServerClockSuite",
     "RedisRateLimiterSuite",
     "RedisResultBackendSuite",
     "RedisRevokeStoreSuite",
+    "RedisScheduleStoreOnTheServerClockSuite",
     "RedisScheduleStoreSuite",
     "RedisWorkflowScriptSuite",
     "RedisWorkflowStoreOnTheServerClockSuite",
@@ -126,6 +134,13 @@ class RedisRevokeStoreSuite(RevokeStoreContract):
         await other.aclose()
 
 
+def _foreign(redis_url: str) -> RedisOptions:
+    """The options of ``redis_url`` with another prefix (another app's namespace) under
+    this test's, so the test's clean-up removes its keys too."""
+    options = parse_url(redis_url)
+    return dataclasses.replace(options, prefix=f"{options.prefix}:foreign")
+
+
 class RedisScheduleStoreSuite(ScheduleStoreContract):
     @pytest.fixture
     async def schedules(self, clock: Clock, redis_url: str) -> AsyncIterator[RedisScheduleStore]:
@@ -140,6 +155,42 @@ class RedisScheduleStoreSuite(ScheduleStoreContract):
         other = RedisScheduleStore(redis_url, clock=clock, share_connection=False)
         yield other
         await other.aclose()
+
+    @pytest.fixture
+    async def foreign_schedules(
+        self, clock: Clock, redis_url: str
+    ) -> AsyncIterator[RedisScheduleStore]:
+        foreign = RedisScheduleStore(_foreign(redis_url), clock=clock)
+        yield foreign
+        await foreign.aclose()
+
+
+class RedisScheduleStoreOnTheServerClockSuite(ScheduleStoreContract):
+    """With no clock given (production), claims follow the server's ``TIME``: the suite
+    runs in real time."""
+
+    @pytest.fixture
+    def clock(self) -> Clock:
+        return SystemClock()
+
+    @pytest.fixture
+    async def schedules(self, redis_url: str) -> AsyncIterator[RedisScheduleStore]:
+        schedules = RedisScheduleStore(redis_url)
+        assert schedules.server_clock is True
+        yield schedules
+        await schedules.aclose()
+
+    @pytest.fixture
+    async def other_schedules(self, redis_url: str) -> AsyncIterator[RedisScheduleStore]:
+        other = RedisScheduleStore(redis_url, share_connection=False)
+        yield other
+        await other.aclose()
+
+    @pytest.fixture
+    async def foreign_schedules(self, redis_url: str) -> AsyncIterator[RedisScheduleStore]:
+        foreign = RedisScheduleStore(_foreign(redis_url))
+        yield foreign
+        await foreign.aclose()
 
 
 class RedisWorkflowStoreSuite(WorkflowStoreContract):
@@ -316,6 +367,62 @@ class RedisControlChannelSuite(ControlChannelContract):
         foreign = RedisControlChannel(foreign_url, clock=clock)
         yield foreign
         await foreign.aclose()
+
+
+class RedisEventBusSuite(EventBusContract):
+    @pytest.fixture
+    async def events(self, clock: Clock, redis_url: str) -> AsyncIterator[RedisEventBus]:
+        events = RedisEventBus(redis_url, clock=clock)
+        yield events
+        await events.aclose()
+
+    @pytest.fixture
+    async def other_events(self, clock: Clock, redis_url: str) -> AsyncIterator[RedisEventBus]:
+        other = RedisEventBus(redis_url, clock=clock, share_connection=False)
+        yield other
+        await other.aclose()
+
+    @pytest.fixture
+    async def foreign_events(self, clock: Clock, redis_url: str) -> AsyncIterator[RedisEventBus]:
+        # The same server, another app: its own prefix
+        foreign = RedisEventBus(redis_url.replace("prefix=", "prefix=foreign-"), clock=clock)
+        yield foreign
+        await foreign.aclose()
+
+    # -- beyond the contract: what pub/sub does when a connection drops ------------------------
+
+    async def test_a_subscription_whose_connection_drops_subscribes_again_and_says_so(
+        self, events: RedisEventBus, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        ns = unique("t")
+        subscription = await events.open_subscription(f"{ns}.*")
+        try:
+            node = subscription._redis  # type: ignore[attr-defined]  # its server (cluster: node)
+            with caplog.at_level(logging.WARNING, logger="stem.events"):
+                # The server drops every pattern subscriber (as it does one whose buffer
+                # overflowed)
+                listed = await node.execute_command("CLIENT", "LIST", "TYPE", "pubsub")
+                text = listed.decode() if isinstance(listed, bytes) else str(listed)
+                ids = [
+                    f.split("=", 1)[1]
+                    for line in text.splitlines()
+                    if " psub=1 " in f" {line} "
+                    for f in line.split()
+                    if f.startswith("id=")
+                ]
+                assert ids, text
+                for client_id in ids:
+                    await node.execute_command("CLIENT", "KILL", "ID", client_id)
+                got = asyncio.ensure_future(anext(subscription))
+                async with asyncio.timeout(WAIT_LIMIT):  # probes until one arrives again
+                    while not got.done():
+                        await events.publish(f"{ns}.probe", "again")
+                        await asyncio.wait({got}, timeout=0.02)
+            assert got.result() == (f"{ns}.probe", "again")
+            assert "lost an event subscription's connection" in caplog.text
+            assert "is back; events published while it was away were missed" in caplog.text
+        finally:
+            await subscription.aclose()
 
 
 class RedisWorkflowScriptSuite(WorkflowScriptContract):

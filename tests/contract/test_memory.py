@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from stem import Clock, FakeClock, Stem
@@ -9,6 +11,7 @@ from stem._ratelimit import LocalRateLimiter
 from stem.memory import (
     MemoryBroker,
     MemoryControlChannel,
+    MemoryEventBus,
     MemoryLockStore,
     MemoryResultBackend,
     MemoryRevokeStore,
@@ -18,6 +21,7 @@ from stem.memory import (
 from stem_adapter_tests import (
     BrokerContract,
     ControlChannelContract,
+    EventBusContract,
     LockStoreContract,
     RateLimiterContract,
     ResultBackendContract,
@@ -59,6 +63,10 @@ class TestMemoryScheduleStore(ScheduleStoreContract):
     async def schedules(self, clock: Clock) -> MemoryScheduleStore:
         return MemoryScheduleStore(clock=clock)
 
+    @pytest.fixture
+    async def foreign_schedules(self, clock: Clock) -> MemoryScheduleStore:
+        return MemoryScheduleStore(clock=clock)  # another app's: a store of its own
+
 
 class TestLocalRateLimiter(RateLimiterContract):
     """The per-process limiter: it declares shared=False, so the sharing tests skip."""
@@ -76,6 +84,27 @@ class TestMemoryControlChannel(ControlChannelContract):
     @pytest.fixture
     async def foreign_control(self, clock: Clock) -> MemoryControlChannel:
         return MemoryControlChannel(clock=clock)  # memory://OTHER: another channel object
+
+
+class TestMemoryEventBus(EventBusContract):
+    @pytest.fixture
+    async def events(self, clock: Clock) -> MemoryEventBus:
+        return MemoryEventBus(clock=clock)
+
+    @pytest.fixture
+    async def foreign_events(self, clock: Clock) -> MemoryEventBus:
+        return MemoryEventBus(clock=clock)  # memory://OTHER: another bus object
+
+    async def test_a_subscriber_past_its_backlog_loses_the_oldest_and_is_warned(
+        self, clock: Clock, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        bus = MemoryEventBus(clock=clock, backlog=3)
+        async with bus.subscription("*") as events:
+            with caplog.at_level(logging.WARNING, logger="stem.events"):
+                for i in range(5):
+                    await bus.publish(f"e.{i}", i)
+            assert [await anext(events) for _ in range(3)] == [("e.2", 2), ("e.3", 3), ("e.4", 4)]
+        assert "fell 3 events behind" in caplog.text
 
 
 class TestMemoryAdapterWiring:

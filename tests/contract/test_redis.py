@@ -16,11 +16,13 @@ import redis
 from _redis_suites import (
     RedisBrokerSuite,
     RedisControlChannelSuite,
+    RedisEventBusSuite,
     RedisLockStoreSuite,
     RedisRateLimiterOnTheServerClockSuite,
     RedisRateLimiterSuite,
     RedisResultBackendSuite,
     RedisRevokeStoreSuite,
+    RedisScheduleStoreOnTheServerClockSuite,
     RedisScheduleStoreSuite,
     RedisWorkflowScriptSuite,
     RedisWorkflowStoreOnTheServerClockSuite,
@@ -69,6 +71,10 @@ class TestRedisScheduleStore(RedisScheduleStoreSuite):
     pass
 
 
+class TestRedisScheduleStoreOnTheServerClock(RedisScheduleStoreOnTheServerClockSuite):
+    pass
+
+
 class TestRedisWorkflowScripts(RedisWorkflowScriptSuite):
     pass
 
@@ -90,6 +96,10 @@ class TestRedisRateLimiterOnTheServerClock(RedisRateLimiterOnTheServerClockSuite
 
 
 class TestRedisControlChannel(RedisControlChannelSuite):
+    pass
+
+
+class TestRedisEventBus(RedisEventBusSuite):
     pass
 
 

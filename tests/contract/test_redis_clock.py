@@ -20,6 +20,7 @@ from stem import FakeClock, RateLimit, Stem
 from stem.contracts import (
     Message,
     RevokeEntry,
+    ScheduleEntry,
     TaskState,
     TaskStatus,
     WorkerHeartbeat,
@@ -32,6 +33,7 @@ from stem_redis import (
     RedisRateLimiter,
     RedisResultBackend,
     RedisRevokeStore,
+    RedisScheduleStore,
     RedisWorkflowStore,
 )
 
@@ -52,6 +54,7 @@ S = TypeVar(
     RedisLockStore,
     RedisRevokeStore,
     RedisRateLimiter,
+    RedisScheduleStore,
     RedisWorkflowStore,
 )
 Build = Callable[..., Any]
@@ -270,6 +273,34 @@ async def test_a_workflow_runs_lease_taken_an_hour_behind_holds_against_one_ahea
     assert await behind.renew_run(run.id, held.fence, HOLD)
 
 
+# -- beat entries ---------------------------------------------------------------------------
+
+
+async def test_a_beat_entrys_claim_taken_an_hour_ahead_ends_on_the_servers_clock(
+    build: Build,
+) -> None:
+    ahead, behind = build(RedisScheduleStore, +HOUR), build(RedisScheduleStore, -HOUR)
+    # Due by either beat's reckoning (due times are the caller's)
+    entry = await ahead.upsert(
+        ScheduleEntry(
+            id=f"e-{uuid.uuid4().hex[:8]}", task="t", kind="interval", spec={}, next_run_at=0.0
+        )
+    )
+    [held] = await ahead.due(behind.clock.now(), owner="a", claim_ttl=SHORT)
+    # The claim's end is the server's: within SHORT of now
+    assert held.claimed_until is not None and 0 < held.claimed_until - time.time() <= SHORT
+    # An hour behind or ahead, the claim is live on the server's clock: no one takes it
+    assert await behind.due(ahead.clock.now(), owner="b", claim_ttl=HOLD) == []
+    assert await ahead.due(ahead.clock.now(), owner="a2", claim_ttl=HOLD) == []
+    await wait_past(SHORT)
+    # It ended: the beat an hour behind takes the firing, and the first cannot record it
+    [taken] = await behind.due(ahead.clock.now(), owner="b", claim_ttl=HOLD)
+    assert taken.claimed_by == "b"
+    fired = {"due_at": 0.0, "ran_at": 1.0, "next_run_at": 60.0, "drift": 1.0}
+    assert not await ahead.mark_executed(entry.id, owner="a", **fired)
+    assert await behind.mark_executed(entry.id, owner="b", **fired)
+
+
 # -- which clock ------------------------------------------------------------------------------
 
 
@@ -285,6 +316,7 @@ async def test_the_server_clock_is_the_default_without_a_clock_and_a_given_clock
         adapter.revoke_store,
         adapter.rate_limiter,
         adapter.workflow_store,
+        adapter.schedule_store,
     ):
         production, tested = factory(redis_url), factory(redis_url, clock=fake)
         made += [production, tested]

@@ -20,11 +20,13 @@ import redis_server
 from _redis_suites import (
     RedisBrokerSuite,
     RedisControlChannelSuite,
+    RedisEventBusSuite,
     RedisLockStoreSuite,
     RedisRateLimiterOnTheServerClockSuite,
     RedisRateLimiterSuite,
     RedisResultBackendSuite,
     RedisRevokeStoreSuite,
+    RedisScheduleStoreOnTheServerClockSuite,
     RedisScheduleStoreSuite,
     RedisWorkflowStoreOnTheServerClockSuite,
     RedisWorkflowStoreSuite,
@@ -36,6 +38,7 @@ from stem.contracts import Message, StepCheckpoint, TaskStatus, WorkflowRun
 from stem_adapter_tests._support import WAIT_LIMIT
 from stem_redis import (
     RedisBroker,
+    RedisEventBus,
     RedisResultBackend,
     RedisWorkflowStore,
     parse_url,
@@ -153,6 +156,12 @@ class TestRedisClusterScheduleStore(_OnTheCluster, RedisScheduleStoreSuite):
     pass
 
 
+class TestRedisClusterScheduleStoreOnTheServerClock(
+    _OnTheCluster, RedisScheduleStoreOnTheServerClockSuite
+):
+    pass
+
+
 class TestRedisClusterWorkflowStore(_OnTheCluster, RedisWorkflowStoreSuite):
     pass
 
@@ -174,6 +183,10 @@ class TestRedisClusterRateLimiterOnTheServerClock(
 
 
 class TestRedisClusterControlChannel(_OnTheCluster, RedisControlChannelSuite):
+    pass
+
+
+class TestRedisClusterEventBus(_OnTheCluster, RedisEventBusSuite):
     pass
 
 
@@ -304,6 +317,31 @@ async def test_statuses_spread_over_every_node_in_shares_of_their_slots(
     assert all(holders.values()), {n: len(k) for n, k in holders.items()}
     found = await backend.get_statuses([m.id for m in sent])
     assert sorted(found) == sorted(m.id for m in sent)
+
+
+async def test_events_are_published_and_subscribed_on_the_node_of_the_events_tag(
+    redis_cluster_url: str, cluster_map: ClusterMap
+) -> None:
+    bus = RedisEventBus(redis_cluster_url)
+    node = cluster_map.node_of(f"{{{prefix_of(redis_cluster_url)}:events}}")
+    try:
+        async with bus.subscription("orders.*") as events:
+            # Subscribed on that node only...
+            for other in cluster_map.nodes:
+                numpat = cluster_map.clients[other].execute_command("PUBSUB", "NUMPAT")
+                assert (numpat >= 1) if other == node else (numpat == 0), other
+            # ...and a publish from another client reaches it there
+            other_bus = RedisEventBus(redis_cluster_url, share_connection=False)
+            try:
+                await other_bus.publish("orders.created", {"n": 1})
+            finally:
+                await other_bus.aclose()
+            assert await asyncio.wait_for(anext(events), WAIT_LIMIT) == (
+                "orders.created",
+                {"n": 1},
+            )
+    finally:
+        await bus.aclose()
 
 
 # -- the two round trips of enqueue and settle --------------------------------------------------

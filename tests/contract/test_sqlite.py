@@ -15,6 +15,7 @@ import pytest
 from stem import Clock
 from stem_adapter_tests import (
     BrokerContract,
+    EventBusContract,
     LockStoreContract,
     ResultBackendContract,
     RevokeStoreContract,
@@ -24,6 +25,7 @@ from stem_adapter_tests import (
 )
 from stem_sqlite import (
     SqliteBroker,
+    SqliteEventBus,
     SqliteLockStore,
     SqliteResultBackend,
     SqliteRevokeStore,
@@ -127,6 +129,14 @@ class TestSqliteScheduleStore(ScheduleStoreContract):
         yield other
         await other.aclose()
 
+    @pytest.fixture
+    async def foreign_schedules(
+        self, schedules: SqliteScheduleStore, clock: Clock
+    ) -> AsyncIterator[SqliteScheduleStore]:
+        foreign = SqliteScheduleStore(schedules.path, clock=clock, namespace="another-app")
+        yield foreign
+        await foreign.aclose()
+
 
 class TestSqliteWorkflowStore(WorkflowStoreContract):
     @pytest.fixture
@@ -150,3 +160,28 @@ class TestSqliteWorkflowScripts(WorkflowScriptContract):
         workflows = SqliteWorkflowStore(tmp_path / "stem.db", clock=clock, poll_interval=0.05)
         yield workflows
         await workflows.aclose()
+
+
+class TestSqliteEventBus(EventBusContract):
+    @pytest.fixture
+    async def events(self, clock: Clock, tmp_path: Path) -> AsyncIterator[SqliteEventBus]:
+        events = SqliteEventBus(tmp_path / "stem.db", clock=clock)
+        yield events
+        await events.aclose()
+
+    @pytest.fixture
+    async def other_events(
+        self, events: SqliteEventBus, clock: Clock
+    ) -> AsyncIterator[SqliteEventBus]:
+        other = SqliteEventBus(events.path, clock=clock, share_connection=False)
+        yield other
+        await other.aclose()
+
+    @pytest.fixture
+    async def foreign_events(
+        self, events: SqliteEventBus, clock: Clock
+    ) -> AsyncIterator[SqliteEventBus]:
+        # The same file, another app: its own namespace
+        foreign = SqliteEventBus(events.path, clock=clock, namespace="another-app")
+        yield foreign
+        await foreign.aclose()

@@ -9,6 +9,7 @@ def test_all_is_the_public_api() -> None:
     assert sorted(stem_adapter_tests.__all__) == [
         "BrokerContract",
         "ControlChannelContract",
+        "EventBusContract",
         "LockStoreContract",
         "RateLimiterContract",
         "ResultBackendContract",
@@ -28,6 +29,7 @@ def test_suites_are_not_collected_by_themselves() -> None:
     for name in (
         "BrokerContract",
         "ControlChannelContract",
+        "EventBusContract",
         "LockStoreContract",
         "RateLimiterContract",
         "ResultBackendContract",

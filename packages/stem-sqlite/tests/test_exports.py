@@ -15,6 +15,7 @@ def test_all_is_pinned() -> None:
         "SCHEMA_VERSION",
         "SqliteAdapter",
         "SqliteBroker",
+        "SqliteEventBus",
         "SqliteLockStore",
         "SqliteOptions",
         "SqliteResultBackend",

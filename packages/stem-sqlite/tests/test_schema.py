@@ -9,15 +9,17 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from stem import AdapterError, FakeClock, SchemaVersionError
-from stem.contracts import Message, RevokeEntry, TaskState, WorkflowRun
+from stem.contracts import Message, RevokeEntry, ScheduleEntry, TaskState, WorkflowRun
 from stem_sqlite import (
     SCHEMA_VERSION,
     SqliteBroker,
     SqliteResultBackend,
     SqliteRevokeStore,
+    SqliteScheduleStore,
     SqliteWorkflowStore,
 )
 from stem_sqlite._schema import migrations, split_statements
@@ -361,6 +363,53 @@ async def test_version_5_files_get_the_workflow_tables_and_keep_their_data(
     finally:
         await store.aclose()
     # Then the file is at the current version, with its message and every table
-    assert schema_version(db_path) == SCHEMA_VERSION == 6
+    assert schema_version(db_path) == SCHEMA_VERSION
     assert message_ids(db_path) == ["kept"]
     assert tables(db_path) >= TABLES
+
+
+async def test_version_6_files_keep_their_beat_entries_in_the_default_namespace(
+    db_path: Path, file_at_version: FileAtVersion
+) -> None:
+    # Given a file at schema version 6 with two beat entries, as that version wrote them
+    with file_at_version(db_path, 6) as conn:
+        for entry_id, enabled, next_run_at in (("b", 1, 10.0), ("a", 0, None)):
+            data = (
+                f'{{"id":"{entry_id}","task":"t","kind":"interval","spec":{{"every":60}},'
+                f'"enabled":{"true" if enabled else "false"},"next_run_at":{next_run_at or "null"},'
+                '"total_runs":3}'
+            )
+            conn.execute(
+                "INSERT INTO stem_schedules (id, enabled, next_run_at, data) VALUES (?, ?, ?, ?)",
+                (entry_id, enabled, next_run_at, data),
+            )
+    # When a current schedule store opens it
+    store = SqliteScheduleStore(db_path, clock=FakeClock())
+    try:
+        # Then they are the default namespace's, at version 1, unclaimed, in their order
+        listed = await store.list()
+        assert [(e.id, e.version, e.total_runs, e.claimed_by) for e in listed] == [
+            ("b", 1, 3, None),
+            ("a", 1, 3, None),
+        ]
+        # and they are claimed, fired and written as any other
+        [due] = await store.due(10.0, owner="beat", claim_ttl=30)
+        assert due.id == "b"
+        assert await store.mark_executed(
+            "b", owner="beat", due_at=10.0, ran_at=10.5, next_run_at=70.0, drift=0.5
+        )
+        assert (await store.upsert(msgspec.structs.replace(listed[1], enabled=True))).version == 2
+        new = await store.upsert(ScheduleEntry(id="c", task="t", kind="clocked", spec={}))
+        assert [e.id for e in await store.list()] == ["b", "a", "c"]
+        assert new.version == 1
+    finally:
+        await store.aclose()
+    assert schema_version(db_path) == SCHEMA_VERSION
+    with sqlite3.connect(db_path) as conn:
+        keys = conn.execute(
+            "SELECT name FROM pragma_index_list('stem_schedules') WHERE origin = 'u'"
+        ).fetchall()
+        [(unique,)] = keys
+        columns = [c for _, _, c in conn.execute(f"PRAGMA index_info({unique})")]
+    conn.close()
+    assert columns == ["namespace", "id"]

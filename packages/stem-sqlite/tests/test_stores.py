@@ -1,14 +1,14 @@
-"""Locks and revocations across connections, and the schedule store (no contract suite yet)."""
+"""Locks and revocations across connections; what the schedule store does beyond its contract."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from stem import FakeClock
+import stem_sqlite
+from stem import ConfigurationError, FakeClock
 from stem.contracts import RevokeEntry, ScheduleEntry
 from stem_sqlite import SqliteLockStore, SqliteRevokeStore, SqliteScheduleStore
 
@@ -64,14 +64,7 @@ async def test_revocations_survive_a_restart(db_path: Path, clock: FakeClock) ->
         await second.aclose()
 
 
-# -- schedule store ---------------------------------------------------------------------------
-
-
-@pytest.fixture
-async def schedules(db_path: Path, clock: FakeClock) -> AsyncIterator[SqliteScheduleStore]:
-    subject = SqliteScheduleStore(db_path, clock=clock)
-    yield subject
-    await subject.aclose()
+# -- schedule store (the contract suite is in tests/contract/test_sqlite.py) -------------------
 
 
 def entry(entry_id: str, next_run_at: float | None, **kw: object) -> ScheduleEntry:
@@ -85,56 +78,42 @@ def entry(entry_id: str, next_run_at: float | None, **kw: object) -> ScheduleEnt
     )
 
 
-async def test_schedule_entries_round_trip(schedules: SqliteScheduleStore) -> None:
-    e = entry("a", 100.0, args=[1, "x"], kwargs={"k": [1]}, queue="reports", meta={"m": 1})
-    await schedules.upsert(e)
-    assert await schedules.get("a") == e
-    assert await schedules.get("missing") is None
+async def test_the_url_names_the_schedule_namespace(db_path: Path, clock: FakeClock) -> None:
+    # Two apps on one file, one of them giving a namespace in its URL
+    url = f"sqlite:///{db_path}"
+    ours = stem_sqlite.adapter.schedule_store(f"{url}?namespace=billing", clock=clock)
+    theirs = stem_sqlite.adapter.schedule_store(url, clock=clock)
+    try:
+        assert (ours.namespace, theirs.namespace) == ("billing", "default")
+        mine = await ours.upsert(entry("nightly", 10.0))
+        assert await theirs.get("nightly") is None
+        assert await theirs.list() == []
+        assert await theirs.due(1e9, owner="b", claim_ttl=30) == []
+        # Each has an entry of that id, its own
+        other = await theirs.upsert(entry("nightly", 20.0, queue="theirs"))
+        assert await ours.list() == [mine]
+        assert await theirs.list() == [other]
+        assert [e.id for e in await ours.due(1e9, owner="a", claim_ttl=30)] == ["nightly"]
+        assert await ours.remove("nightly")
+        assert await theirs.get("nightly") == other
+    finally:
+        await ours.aclose()
+        await theirs.aclose()
 
 
-async def test_upsert_replaces_and_list_keeps_first_insert_order(
-    schedules: SqliteScheduleStore,
-) -> None:
-    await schedules.upsert(entry("b", 1.0))
-    await schedules.upsert(entry("a", 2.0))
-    await schedules.upsert(entry("b", 3.0, enabled=False))
-    assert [(e.id, e.next_run_at, e.enabled) for e in await schedules.list()] == [
-        ("b", 3.0, False),
-        ("a", 2.0, True),
-    ]
+def test_an_empty_namespace_is_refused(db_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="namespace must be a non-empty string"):
+        SqliteScheduleStore(db_path, namespace="")
 
 
-async def test_due_gives_enabled_entries_whose_time_came_earliest_first(
-    schedules: SqliteScheduleStore,
-) -> None:
-    await schedules.upsert(entry("late", 30.0))
-    await schedules.upsert(entry("early", 10.0))
-    await schedules.upsert(entry("off", 5.0, enabled=False))
-    await schedules.upsert(entry("never", None))
-    await schedules.upsert(entry("future", 99.0))
-    assert [e.id for e in await schedules.due(30.0)] == ["early", "late"]
-    assert [e.id for e in await schedules.due(30.0, limit=1)] == ["early"]
-    assert await schedules.due(9.0) == []
-
-
-async def test_mark_executed_records_the_run_and_the_drift(schedules: SqliteScheduleStore) -> None:
-    await schedules.upsert(entry("a", 10.0))
-    await schedules.mark_executed("a", ran_at=10.5, next_run_at=70.0, drift=0.5)
-    await schedules.mark_executed("a", ran_at=70.25, next_run_at=None, drift=0.25)
-    got = await schedules.get("a")
-    assert got is not None
-    assert (got.last_run_at, got.next_run_at, got.last_drift, got.total_runs) == (
-        70.25,
-        None,
-        0.25,
-        2,
-    )
-    assert await schedules.due(1e12) == []
-    await schedules.mark_executed("missing", ran_at=1.0, next_run_at=2.0, drift=0.0)  # no error
-
-
-async def test_remove(schedules: SqliteScheduleStore) -> None:
-    await schedules.upsert(entry("a", 1.0))
-    assert await schedules.remove("a")
-    assert not await schedules.remove("a")
-    assert await schedules.list() == []
+async def test_due_with_a_limit_of_zero_or_less_claims_nothing(db_path: Path) -> None:
+    # SQLite reads LIMIT -1 as no limit: the store must not pass it on
+    store = SqliteScheduleStore(db_path, clock=FakeClock())
+    try:
+        await store.upsert(entry("a", 1.0))
+        assert await store.due(10.0, owner="b", claim_ttl=30, limit=-1) == []
+        assert await store.due(10.0, owner="b", claim_ttl=30, limit=0) == []
+        [got] = await store.due(10.0, owner="b", claim_ttl=30)
+        assert got.claimed_by == "b"
+    finally:
+        await store.aclose()

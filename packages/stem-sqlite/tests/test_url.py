@@ -64,6 +64,7 @@ def test_percent_escapes_in_the_path_are_decoded() -> None:
         ("sqlite:////x.db?synchronous=off", "synchronous must be 'normal'"),
         ("sqlite:////x.db?synchronous=", "synchronous must be 'normal'"),
         ("sqlite:////x.db?synchronous=2", "or 'full'"),
+        ("sqlite:////x.db?namespace=", "namespace must be a non-empty string"),
         ("redis:///x.db", "not a sqlite:// URL"),
     ],
 )

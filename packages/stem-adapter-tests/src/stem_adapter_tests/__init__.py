@@ -18,6 +18,7 @@ from __future__ import annotations
 from ._backend import ResultBackendContract
 from ._broker import BrokerContract
 from ._control import ControlChannelContract
+from ._events import EventBusContract
 from ._locks import LockStoreContract
 from ._ratelimit import RateLimiterContract
 from ._revoke import RevokeStoreContract
@@ -30,6 +31,7 @@ from .plugin import skip_or_fail
 __all__ = [
     "BrokerContract",
     "ControlChannelContract",
+    "EventBusContract",
     "LockStoreContract",
     "RateLimiterContract",
     "ResultBackendContract",

@@ -15,6 +15,7 @@ from stem import ConfigurationError, StemError
 from ._demo import demo
 from ._loading import load_app
 from ._options import SetupError, StoppedOnError, url_option
+from .commands.beat import beat, schedule
 from .commands.wf import wf
 
 __all__ = ["cli", "main"]
@@ -165,6 +166,8 @@ def _one_line(
 
 cli.add_command(demo)
 cli.add_command(wf)
+cli.add_command(beat)
+cli.add_command(schedule)
 
 
 def _configure_logging(level: str) -> None:

@@ -7,10 +7,12 @@ import logging
 import os
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Concatenate, Literal, ParamSpec, TypeVar, overload
 
 import msgspec
 
+from ._beat import Beat, ScheduleDefinition, Spec, define_schedule
+from ._canvas import CanvasHandle, CanvasRuntime, Group, GroupHandle
 from ._clock import Clock, SystemClock
 from ._codec import EncoderRegistry, PayloadEncoder, WireFormat, decode_envelope, encode_envelope
 from ._deadletters import DeadLetters
@@ -53,6 +55,7 @@ from ._workflows import (
 from .contracts import (
     Broker,
     ControlChannel,
+    EventBus,
     LockStore,
     RateLimiter,
     ResultBackend,
@@ -64,6 +67,7 @@ from .contracts import (
 )
 
 if TYPE_CHECKING:
+    from ._canvas import Signature
     from .worker import Worker
 
 __all__ = ["DEFAULT_URL", "Stem"]
@@ -112,6 +116,9 @@ class Stem:
             alone. :meth:`from_url` takes it from the adapter (Redis has one).
         control_channel: carries remote-control commands to workers and their replies;
             :meth:`from_url` takes it from the adapter.
+        event_bus: carries live events (workflow events and run status changes) to
+            observers; :meth:`from_url` takes it from the workflow store's adapter. None:
+            a bus in this process's memory.
         broadcast_queues: queues whose every message goes to each worker consuming the
             queue at the time it is published, rather than to one of them (see
             docs/routing.md); the broker must have the ``broadcast`` capability.
@@ -134,9 +141,15 @@ class Stem:
         revoke_ttl: float | timedelta = 86400.0,
         rate_limiter: RateLimiter | None = None,
         control_channel: ControlChannel | None = None,
+        event_bus: EventBus | None = None,
         broadcast_queues: Iterable[str] = (),
     ) -> None:
-        from .memory import MemoryLockStore, MemoryResultBackend, MemoryRevokeStore
+        from .memory import (
+            MemoryEventBus,
+            MemoryLockStore,
+            MemoryResultBackend,
+            MemoryRevokeStore,
+        )
 
         if not isinstance(broker, Broker):
             raise ConfigurationError(
@@ -155,6 +168,8 @@ class Stem:
         self._schedule_store = schedule_store
         self.rate_limiter = rate_limiter
         self.control_channel = control_channel
+        #: Live events for observers (see stem.contracts.EventBus).
+        self.event_bus: EventBus = event_bus or MemoryEventBus(clock=self.clock)
         self.encoders = EncoderRegistry(encoders)
         self.wire_format: WireFormat = wire_format
         self.default_queue = check_queue(default_queue)
@@ -168,6 +183,9 @@ class Stem:
             raise ConfigurationError(f"revoke_ttl must be a positive duration, not {revoke_ttl!r}")
         self.revoke_ttl = ttl
         self.tasks: dict[str, Task[Any, Any]] = {}
+        #: The beat entries defined in code (``app.schedule(...)``), by id; a beat
+        #: stores them when it starts.
+        self.schedules: dict[str, ScheduleDefinition] = {}
         self.hooks = Hooks()
         self.unique = UniqueCoordinator(self.lock_store)
         #: The broker's dead letters, decoded for reading; replay is a fresh start.
@@ -175,6 +193,8 @@ class Stem:
         #: The registered workflows, and the operations on runs (see stem._workflows).
         self.workflows = Workflows(self)
         self.workflows.register_run_task()
+        #: Sends canvases and takes the step after each canvas task ends (see stem._canvas).
+        self._canvas = CanvasRuntime(self)
         self._portal = Portal()
         #: The broker's and the backend's URLs when built by :meth:`from_url` (None when
         #: the stores were passed in); they may hold a password, so do not print them as is.
@@ -214,6 +234,8 @@ class Stem:
             kwargs["rate_limiter"] = backend_adapter.rate_limiter(backend_url, clock=clock)
         if "control_channel" not in kwargs:
             kwargs["control_channel"] = backend_adapter.control_channel(backend_url, clock=clock)
+        if "event_bus" not in kwargs:  # beside the runs whose events it carries
+            kwargs["event_bus"] = workflow_adapter.event_bus(workflow_url, clock=clock)
         app = cls(
             broker_adapter.broker(broker_url, clock=clock),
             backend_adapter.result_backend(backend_url, clock=clock),
@@ -246,6 +268,7 @@ class Stem:
         self.lock_store, self.revoke_store = fresh.lock_store, fresh.revoke_store
         self._workflow_store, self._schedule_store = fresh._workflow_store, fresh._schedule_store
         self.rate_limiter, self.control_channel = fresh.rate_limiter, fresh.control_channel
+        self.event_bus = fresh.event_bus
         self.unique = UniqueCoordinator(self.lock_store)
         self.url, self.backend_url = fresh.url, fresh.backend_url
 
@@ -285,11 +308,12 @@ class Stem:
             | ScheduleStore
             | RateLimiter
             | ControlChannel
+            | EventBus
         ] = [self.broker, self.backend, self.lock_store, self.revoke_store]
         for lazy in (self._workflow_store, self._schedule_store):
             if isinstance(lazy, WorkflowStore | ScheduleStore):  # built, so open
                 stores.append(lazy)
-        for extra in (self.rate_limiter, self.control_channel):
+        for extra in (self.rate_limiter, self.control_channel, self.event_bus):
             if extra is not None:
                 stores.append(extra)
         for store in {id(store): store for store in stores}.values():  # each once
@@ -576,6 +600,18 @@ class Stem:
             unique = (opts is not None and opts.unique) or unique_key is not None
             claims.append(self.unique.claim_for(envelope, opts, unique_key) if unique else None)
             envelopes.append(envelope)
+        return await self._publish(envelopes, claims)
+
+    async def _send(self, envelopes: list[Envelope]) -> None:
+        """Publish envelopes built elsewhere (a canvas's next tasks), hooks included."""
+        if self.hooks.has("before_enqueue"):
+            for envelope in envelopes:
+                await self.hooks.emit("before_enqueue", envelope=envelope)
+        await self._publish(envelopes, [None] * len(envelopes))
+
+    async def _publish(
+        self, envelopes: list[Envelope], claims: list[UniqueClaim | None]
+    ) -> list[str]:
         messages = [
             Message(
                 id=e.id,
@@ -757,8 +793,11 @@ class Stem:
             state = (
                 TaskState.SUCCEEDED if outcome.kind is OutcomeKind.SUCCEEDED else TaskState.FAILED
             )
-            await self.store_status(envelope, state, outcome=outcome)
+            status, ttl = self.make_status(envelope, state, outcome=outcome)
+            await self.backend.set_status(status, ttl=ttl)
             await self.unique.release(envelope)
+            if envelope.callbacks:
+                await self._canvas.after_final(envelope, status)
             return
 
     # -- results --------------------------------------------------------------------------
@@ -894,6 +933,31 @@ class Stem:
             )
         )
 
+    # -- canvas ---------------------------------------------------------------------------
+
+    @overload
+    async def apply(self, canvas: Group[T]) -> GroupHandle[T]: ...
+    @overload
+    async def apply(self, canvas: Signature[T]) -> CanvasHandle[T]: ...
+
+    async def apply(self, canvas: Signature[Any]) -> CanvasHandle[Any]:
+        """Run a canvas (``group``, ``chain``, ``chord``, or one ``task.call(...)``): its
+        first tasks are sent in one publish; the handle waits for its result.
+
+        Raises:
+            ConfigurationError: the canvas is not well formed (the message says how).
+            ArgumentError: arguments do not fit a task registered here.
+        """
+        return await self._canvas.apply(canvas)
+
+    async def revoke_group(
+        self, group_id: str, *, terminate: bool = False, reason: str | None = None
+    ) -> list[str]:
+        """Revoke every task of a group (inside its members' chains and groups too), as
+        :meth:`revoke` does one; returns their ids ([] if the group is unknown).
+        The group then fails, and a chord on it runs its error callback."""
+        return await self._canvas.revoke_group(group_id, terminate=terminate, reason=reason)
+
     # -- workers --------------------------------------------------------------------------
 
     def worker(self, **options: Any) -> Worker:
@@ -901,6 +965,61 @@ class Stem:
         from .worker import Worker
 
         return Worker(self, **options)
+
+    # -- beat -----------------------------------------------------------------------------
+
+    def schedule(
+        self,
+        name: str,
+        spec: Spec,
+        task: Task[Any, Any] | str,
+        *,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        queue: str | None = None,
+        options: Mapping[str, Any] | None = None,
+        enabled: bool = True,
+        jitter: float | timedelta | None = None,
+        catch_up: Literal["once", "each", "skip"] = "once",
+        catch_up_limit: int | None = None,
+    ) -> ScheduleDefinition:
+        """Define a beat entry: run ``task`` with ``args`` and ``kwargs`` when ``spec``
+        (:class:`Interval`, :class:`Cron`, :class:`Solar` or :class:`Clocked`) says.
+
+        The entry is stored when a beat starts (``stem beat``, ``app.beat()``); see
+        docs/beat.md. ``options`` are enqueue options of each firing (priority,
+        expires, headers, meta, max_retries); ``jitter`` delays each firing by up to
+        that many seconds, at random; ``catch_up`` says what a beat does with firings
+        it missed: ``"once"`` one firing for all, ``"each"`` each, up to
+        ``catch_up_limit`` (default 100), ``"skip"`` none.
+
+        Raises:
+            ConfigurationError: the task is not registered here, or an option is invalid.
+            ArgumentError: the arguments do not fit the task.
+        """
+        definition = define_schedule(
+            self,
+            name,
+            spec,
+            task,
+            args=args,
+            kwargs=kwargs,
+            queue=queue,
+            options=options,
+            enabled=enabled,
+            jitter=jitter,
+            catch_up=catch_up,
+            catch_up_limit=catch_up_limit,
+        )
+        existing = self.schedules.get(name)
+        if existing is not None and existing != definition:
+            raise ConfigurationError(f"a different beat entry is already defined as {name!r}")
+        self.schedules[name] = definition
+        return definition
+
+    def beat(self, **options: Any) -> Beat:
+        """A beat for this app (``async with app.beat():``); see :class:`stem.Beat`."""
+        return Beat(self, **options)
 
 
 class _TaskDecorator:

@@ -14,6 +14,7 @@ Every error Stem raises on purpose derives from :class:`StemError`::
     ├── LeaseLostError            a workflow run's lease passed to another worker
     ├── NonDeterminismError       a replay met a different step than the one recorded
     ├── EventTimeoutError         (also a TimeoutError) a workflow's event wait ran out
+    ├── ScheduleConflictError     a beat entry changed since it was read
     ├── TaskTimeoutError          (also a TimeoutError) waiting for a result took too long
     ├── AdapterError              a broker or store failed; the driver error is the __cause__
     │   ├── SchemaVersionError    a database was written by a newer Stem
@@ -42,6 +43,7 @@ __all__ = [
     "NonDeterminismError",
     "Reject",
     "Retry",
+    "ScheduleConflictError",
     "SchemaVersionError",
     "SerializationError",
     "SoftTimeLimitExceeded",
@@ -109,6 +111,11 @@ class NonDeterminismError(StemError):
 class EventTimeoutError(StemError, TimeoutError):
     """``wf.wait_for_event`` ran out of time before the event came; catch it in the
     workflow to take another path."""
+
+
+class ScheduleConflictError(StemError):
+    """A beat entry changed since it was read (its version moved on): read it again,
+    and write your change on top of what is stored."""
 
 
 class TaskTimeoutError(StemError, TimeoutError):

@@ -25,6 +25,7 @@ from ._options import TaskOptions
 
 if TYPE_CHECKING:
     from ._app import Stem
+    from ._canvas import Partial
 
 __all__ = [
     "EnqueueOptions",
@@ -351,6 +352,14 @@ class Task(Generic[P, R]):
         """A ready-to-send call of this task, for batches (``app.enqueue_many``) and canvas."""
         self.check_arguments(args, kwargs)
         return TaskCall(self, {}, args, dict(kwargs))
+
+    def partial(self, *args: Any, **kwargs: Any) -> Partial[R]:
+        """A link of a canvas: this task called with the previous result as its first
+        argument, then ``args`` and ``kwargs`` (see docs/canvas.md). The task itself is
+        the link when it takes nothing else."""
+        from ._canvas import Partial
+
+        return Partial(self, args, dict(kwargs))
 
 
 class NamedTask:

@@ -22,6 +22,7 @@ from ._adapter import RedisAdapter
 from ._backend import RedisResultBackend
 from ._broker import RedisBroker
 from ._control import RedisControlChannel
+from ._events import RedisEventBus
 from ._ratelimit import RedisRateLimiter
 from ._schedule import RedisScheduleStore
 from ._stores import RedisLockStore, RedisRevokeStore
@@ -32,6 +33,7 @@ __all__ = [
     "RedisAdapter",
     "RedisBroker",
     "RedisControlChannel",
+    "RedisEventBus",
     "RedisLockStore",
     "RedisOptions",
     "RedisRateLimiter",

@@ -8,6 +8,7 @@ from stem.contracts import Adapter
 from ._backend import RedisResultBackend
 from ._broker import RedisBroker
 from ._control import RedisControlChannel
+from ._events import RedisEventBus
 from ._ratelimit import RedisRateLimiter
 from ._schedule import RedisScheduleStore
 from ._stores import RedisLockStore, RedisRevokeStore
@@ -58,3 +59,7 @@ class RedisAdapter(Adapter):
     def workflow_store(self, url: str, *, clock: Clock | None = None) -> RedisWorkflowStore:
         """Every workflow key under one hash tag: on a cluster, on one node."""
         return RedisWorkflowStore(parse_url(url), clock=clock)
+
+    def event_bus(self, url: str, *, clock: Clock | None = None) -> RedisEventBus:
+        """Pub/sub under the URL's prefix; on a cluster, on the node of one slot."""
+        return RedisEventBus(parse_url(url), clock=clock)

@@ -50,6 +50,9 @@ _WORKFLOW_SCRIPTS = (
     "emit", "send", "due", "next_wake", "cancel", "rewind", "list", "watchers",
 )  # fmt: skip
 
+#: The schedule store's scripts (lua/schedule_NAME.lua), each with lua/_schedule.lua.
+_SCHEDULE_SCRIPTS = ("upsert", "due", "mark", "release", "remove", "list")
+
 #: Every script, by name.
 SCRIPTS: dict[str, Script] = {
     s.name: s
@@ -86,10 +89,7 @@ SCRIPTS: dict[str, Script] = {
         _script("lock_owner"),
         _script("revoke", "_revokes"),
         _script("revoke_list", "_revokes"),
-        _script("schedule_upsert"),
-        _script("schedule_mark"),
-        _script("schedule_due"),
-        _script("schedule_remove"),
+        *(_script(f"schedule_{name}", "_schedule") for name in _SCHEDULE_SCRIPTS),
         *(_script(f"wf_{name}", "_wf") for name in _WORKFLOW_SCRIPTS),
         _script("rate_reserve"),
         _script("control_send"),

@@ -20,6 +20,7 @@ from __future__ import annotations
 from ._adapter import SqliteAdapter
 from ._backend import SqliteResultBackend
 from ._broker import SqliteBroker
+from ._events import SqliteEventBus
 from ._schema import latest_version
 from ._stores import SqliteLockStore, SqliteRevokeStore, SqliteScheduleStore
 from ._url import SqliteOptions, parse_url
@@ -29,6 +30,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "SqliteAdapter",
     "SqliteBroker",
+    "SqliteEventBus",
     "SqliteLockStore",
     "SqliteOptions",
     "SqliteResultBackend",

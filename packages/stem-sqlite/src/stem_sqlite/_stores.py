@@ -4,19 +4,29 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import msgspec
 
 from stem import Clock
-from stem.contracts import LockStore, RevokeEntry, RevokeStore, ScheduleEntry, ScheduleStore
+from stem.contracts import (
+    LockStore,
+    RevokeEntry,
+    RevokeStore,
+    ScheduleConflictError,
+    ScheduleEntry,
+    ScheduleStore,
+)
 
 from ._connection import Client, FileStore
 from ._support import Sweeper, changed, decode, fetchall, sweep_expired, to_json
 from ._url import (
     DEFAULT_BUSY_TIMEOUT,
+    DEFAULT_NAMESPACE,
     DEFAULT_SYNCHRONOUS,
     SqliteOptions,
+    check_namespace,
     check_seconds,
     check_synchronous,
     resolve_path,
@@ -219,15 +229,24 @@ def _store_revoke(
 
 
 class SqliteScheduleStore(FileStore, ScheduleStore):
-    """Beat entries; ``due`` reads an index of enabled entries by next run time.
+    """Beat entries of one namespace; ``due`` reads an index of enabled entries by next
+    run time and claims what it hands out.
+
+    Each method is one transaction. An entry is JSON in ``data``, its ``version`` and
+    claim are columns (see migrations/0007_schedule_claims.sql). Claims are given and
+    judged on ``clock``: the beats sharing a file share a machine, and its clock.
 
     Args:
         path: the database file (created, with its directory, on first use).
-        clock: kept for symmetry; due times are given by the caller.
+        clock: claims are given and judged on it; due times are given by the caller.
+        namespace: apps sharing the file each see only the entries of their namespace.
         busy_timeout: how long a write waits for another process's lock before failing.
         synchronous: ``"normal"`` or ``"full"``, as for :class:`~stem_sqlite.SqliteBroker`.
         share_connection: False to open a connection of its own instead of sharing the one
             of every store of this file in this event loop.
+
+    Raises:
+        ConfigurationError: ``namespace`` is empty or not a string.
     """
 
     def __init__(
@@ -235,74 +254,195 @@ class SqliteScheduleStore(FileStore, ScheduleStore):
         path: str | os.PathLike[str],
         *,
         clock: Clock | None = None,
+        namespace: str = DEFAULT_NAMESPACE,
         busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
         synchronous: str = DEFAULT_SYNCHRONOUS,
         share_connection: bool = True,
     ) -> None:
         super().__init__(clock=clock)
+        self.namespace = check_namespace(namespace)
         self._client = _client(path, busy_timeout, synchronous, share_connection)
 
-    def _entry(self, data: str) -> ScheduleEntry:
+    def _entry(self, row: Sequence[Any]) -> ScheduleEntry:
+        """An entry from a row of :data:`_COLUMNS`."""
+        version, claimed_by, claimed_until, data = row
         entry: ScheduleEntry = decode(_schedule_decoder, data, "a schedule entry", self.path)
-        return entry
-
-    async def upsert(self, entry: ScheduleEntry) -> None:
-        db = await self._db()
-        await db.write(
-            changed,
-            "INSERT INTO stem_schedules (id, enabled, next_run_at, data) VALUES (?, ?, ?, ?)"
-            " ON CONFLICT (id) DO UPDATE SET enabled = excluded.enabled,"
-            " next_run_at = excluded.next_run_at, data = excluded.data",
-            (entry.id, int(entry.enabled), entry.next_run_at, to_json(entry)),
+        return msgspec.structs.replace(
+            entry, version=version, claimed_by=claimed_by, claimed_until=claimed_until
         )
+
+    async def upsert(self, entry: ScheduleEntry) -> ScheduleEntry:
+        data = _definition(entry)  # an entry that cannot be encoded fails before any write
+        db = await self._db()
+        return self._entry(await db.write(_upsert, self.namespace, entry, data))
 
     async def get(self, entry_id: str) -> ScheduleEntry | None:
         db = await self._db()
-        rows = await db.peek(fetchall, "SELECT data FROM stem_schedules WHERE id = ?", (entry_id,))
-        return self._entry(rows[0][0]) if rows else None
+        rows = await db.peek(
+            fetchall,
+            f"SELECT {_COLUMNS} FROM stem_schedules WHERE namespace = ? AND id = ?",
+            (self.namespace, entry_id),
+        )
+        return self._entry(rows[0]) if rows else None
 
     async def remove(self, entry_id: str) -> bool:
         db = await self._db()
-        return await db.write(changed, "DELETE FROM stem_schedules WHERE id = ?", (entry_id,)) == 1
+        sql = "DELETE FROM stem_schedules WHERE namespace = ? AND id = ?"
+        return await db.write(changed, sql, (self.namespace, entry_id)) == 1
 
-    async def due(self, now: float, *, limit: int = 100) -> list[ScheduleEntry]:
+    async def due(
+        self, now: float, *, owner: str, claim_ttl: float, limit: int = 100
+    ) -> list[ScheduleEntry]:
+        if limit <= 0:
+            return []  # (SQLite reads a negative LIMIT as no limit at all)
+        held = self.clock.now()
         db = await self._db()
-        rows = await db.run(
-            fetchall,
-            "SELECT data FROM stem_schedules WHERE enabled = 1 AND next_run_at <= ?"
-            " ORDER BY next_run_at, rowid LIMIT ?",
-            (now, limit),
-        )
-        return [self._entry(data) for (data,) in rows]
+        rows = await db.write(_claim_due, self.namespace, now, held, owner, held + claim_ttl, limit)
+        return [self._entry(row) for row in rows]
 
     async def mark_executed(
-        self, entry_id: str, *, ran_at: float, next_run_at: float | None, drift: float
-    ) -> None:
+        self,
+        entry_id: str,
+        *,
+        owner: str,
+        due_at: float,
+        ran_at: float,
+        next_run_at: float | None,
+        drift: float,
+        error: str | None = None,
+    ) -> bool:
+        firing = _Firing(owner, due_at, ran_at, next_run_at, drift, error)
         db = await self._db()
-        await db.write(_mark_executed, entry_id, ran_at, next_run_at, drift)
+        return await db.write(
+            _mark_executed, self.namespace, entry_id, firing, self.clock.now(), self.path
+        )
+
+    async def release(self, entry_id: str, owner: str) -> bool:
+        db = await self._db()
+        sql = (
+            "UPDATE stem_schedules SET claimed_by = NULL, claimed_until = NULL"
+            " WHERE namespace = ? AND id = ? AND claimed_by = ?"
+        )
+        return await db.write(changed, sql, (self.namespace, entry_id, owner)) == 1
 
     # Defined last: inside the class body, ``list`` names this method from here on.
     async def list(self) -> list[ScheduleEntry]:
         db = await self._db()
-        rows = await db.run(fetchall, "SELECT data FROM stem_schedules ORDER BY rowid", ())
-        return [self._entry(data) for (data,) in rows]
+        rows = await db.run(
+            fetchall,
+            f"SELECT {_COLUMNS} FROM stem_schedules WHERE namespace = ? ORDER BY seq",
+            (self.namespace,),
+        )
+        return [self._entry(row) for row in rows]
 
     async def aclose(self) -> None:
         await self._client.aclose()
 
 
-def _mark_executed(
-    conn: sqlite3.Connection, entry_id: str, ran_at: float, next_run_at: float | None, drift: float
-) -> None:
-    row = conn.execute("SELECT data FROM stem_schedules WHERE id = ?", (entry_id,)).fetchone()
-    if row is None:
-        return  # removed meanwhile: nothing to record
-    entry = _schedule_decoder.decode(row[0])
-    entry.last_run_at = ran_at
-    entry.next_run_at = next_run_at
-    entry.last_drift = drift
-    entry.total_runs += 1
-    conn.execute(
-        "UPDATE stem_schedules SET next_run_at = ?, data = ? WHERE id = ?",
-        (next_run_at, to_json(entry), entry_id),
+#: The columns an entry is read from, in the order SqliteScheduleStore._entry takes them.
+_COLUMNS = "version, claimed_by, claimed_until, data"
+
+
+def _definition(entry: ScheduleEntry) -> str:
+    """The JSON kept in ``data``: the entry without its version and claim (columns)."""
+    return to_json(msgspec.structs.replace(entry, version=0, claimed_by=None, claimed_until=None))
+
+
+def _upsert(
+    conn: sqlite3.Connection, namespace: str, entry: ScheduleEntry, data: str
+) -> tuple[Any, ...]:
+    row = conn.execute(
+        "SELECT version FROM stem_schedules WHERE namespace = ? AND id = ?", (namespace, entry.id)
+    ).fetchone()
+    if (row[0] if row else 0) != entry.version:
+        have = f"version {row[0]}" if row else "no such entry"
+        raise ScheduleConflictError(
+            f"beat entry {entry.id!r} was written with version {entry.version}, but the "
+            f"store has {have}: read it again and apply the change to what is stored"
+        )
+    if row:  # a claim belongs to the beat that holds it, not the writer: it is kept
+        stored = conn.execute(
+            "UPDATE stem_schedules SET enabled = ?, next_run_at = ?, version = ?, data = ?"
+            f" WHERE namespace = ? AND id = ? RETURNING {_COLUMNS}",
+            (int(entry.enabled), entry.next_run_at, entry.version + 1, data, namespace, entry.id),
+        ).fetchone()
+    else:
+        stored = conn.execute(
+            "INSERT INTO stem_schedules (namespace, id, enabled, next_run_at, version,"
+            f" claimed_by, claimed_until, data) VALUES (?, ?, ?, ?, 1, ?, ?, ?) RETURNING {_COLUMNS}",
+            (
+                namespace,
+                entry.id,
+                int(entry.enabled),
+                entry.next_run_at,
+                entry.claimed_by,
+                entry.claimed_until,
+                data,
+            ),
+        ).fetchone()
+    return tuple(stored)
+
+
+def _claim_due(
+    conn: sqlite3.Connection,
+    namespace: str,
+    now: float,
+    held: float,
+    owner: str,
+    until: float,
+    limit: int,
+) -> list[tuple[Any, ...]]:
+    # The partial index on (namespace, next_run_at) gives the enabled entries oldest
+    # first, ties by seq (the rowid each index entry ends with); the scan steps over
+    # entries under a live claim.
+    rows = conn.execute(
+        "SELECT seq, version, data FROM stem_schedules WHERE namespace = ? AND enabled = 1"
+        " AND next_run_at <= ? AND (claimed_until IS NULL OR claimed_until <= ?)"
+        " ORDER BY next_run_at, seq LIMIT ?",
+        (namespace, now, held, limit),
+    ).fetchall()
+    conn.executemany(
+        "UPDATE stem_schedules SET claimed_by = ?, claimed_until = ? WHERE seq = ?",
+        [(owner, until, seq) for seq, _, _ in rows],
     )
+    return [(version, owner, until, data) for _, version, data in rows]
+
+
+class _Firing(NamedTuple):
+    """What ``mark_executed`` records, and whose claim on which firing it needs."""
+
+    owner: str
+    due_at: float
+    ran_at: float
+    next_run_at: float | None
+    drift: float
+    error: str | None
+
+
+def _mark_executed(
+    conn: sqlite3.Connection,
+    namespace: str,
+    entry_id: str,
+    firing: _Firing,
+    now: float,
+    path: str,
+) -> bool:
+    row = conn.execute(
+        "SELECT seq, data FROM stem_schedules WHERE namespace = ? AND id = ?"
+        " AND claimed_by = ? AND claimed_until > ? AND next_run_at = ?",
+        (namespace, entry_id, firing.owner, now, firing.due_at),
+    ).fetchone()
+    if row is None:
+        return False  # the claim ran out, the entry changed or went: nothing to record
+    seq, data = row
+    entry: ScheduleEntry = decode(_schedule_decoder, data, "a schedule entry", path)
+    entry.last_run_at, entry.next_run_at = firing.ran_at, firing.next_run_at
+    entry.last_drift, entry.last_error = firing.drift, firing.error
+    if firing.error is None:
+        entry.total_runs += 1
+    conn.execute(
+        "UPDATE stem_schedules SET next_run_at = ?, version = version + 1, claimed_by = NULL,"
+        " claimed_until = NULL, data = ? WHERE seq = ?",
+        (firing.next_run_at, to_json(entry), seq),
+    )
+    return True

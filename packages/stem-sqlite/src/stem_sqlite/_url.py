@@ -11,11 +11,13 @@ from stem import ConfigurationError
 
 __all__ = [
     "DEFAULT_BUSY_TIMEOUT",
+    "DEFAULT_NAMESPACE",
     "DEFAULT_POLL_INTERVAL",
     "DEFAULT_SYNCHRONOUS",
     "DEFAULT_WAKE_INTERVAL",
     "SYNCHRONOUS_LEVELS",
     "SqliteOptions",
+    "check_namespace",
     "check_synchronous",
     "parse_url",
 ]
@@ -30,6 +32,9 @@ DEFAULT_WAKE_INTERVAL = 0.01
 #: file (WAL mode); ``full`` also a power loss or a kernel crash, at an fsync per commit.
 DEFAULT_SYNCHRONOUS = "normal"
 SYNCHRONOUS_LEVELS = ("normal", "full")
+#: The namespace of beat entries when none is given: apps sharing a file and a namespace
+#: share their entries.
+DEFAULT_NAMESPACE = "default"
 
 _MEMORY_HINT = (
     "an in-memory SQLite database cannot be shared between processes; "
@@ -51,6 +56,8 @@ class SqliteOptions:
         wake_interval: longest gap between two checks for work from other processes.
         synchronous: ``"normal"`` or ``"full"``: what a commit survives (see
             :data:`DEFAULT_SYNCHRONOUS`).
+        namespace: whose beat entries the schedule store sees, and whose events the event
+            bus carries (the other stores ignore it).
     """
 
     path: str
@@ -58,6 +65,7 @@ class SqliteOptions:
     busy_timeout: float = DEFAULT_BUSY_TIMEOUT
     wake_interval: float = DEFAULT_WAKE_INTERVAL
     synchronous: str = DEFAULT_SYNCHRONOUS
+    namespace: str = DEFAULT_NAMESPACE
 
 
 def resolve_path(path: str | os.PathLike[str]) -> str:
@@ -94,12 +102,23 @@ def check_synchronous(value: object) -> str:
     )
 
 
+def check_namespace(value: object) -> str:
+    """A namespace of beat entries: a non-empty string, or a ConfigurationError."""
+    if isinstance(value, str) and value:
+        return value
+    raise ConfigurationError(
+        f"namespace must be a non-empty string naming the app whose beat entries these are "
+        f"(apps sharing one file keep their entries apart by it), not {value!r}"
+    )
+
+
 def parse_url(url: str) -> SqliteOptions:
     """Parse a ``sqlite://`` URL, SQLAlchemy style.
 
     ``sqlite:///stem.db`` is relative to the working directory, ``sqlite:////var/lib/stem.db``
     is absolute. Query options: ``poll_interval``, ``busy_timeout``, ``wake_interval``
-    (seconds) and ``synchronous`` (``normal`` or ``full``).
+    (seconds), ``synchronous`` (``normal`` or ``full``) and ``namespace`` (whose beat
+    entries the schedule store sees).
 
     Raises:
         ConfigurationError: not a sqlite URL, no file (or ``:memory:``), a host, or a bad option.
@@ -118,15 +137,19 @@ def parse_url(url: str) -> SqliteOptions:
     if not path or path == ":memory:":
         raise ConfigurationError(f"{url!r} names no database file: {_MEMORY_HINT}")
     values: dict[str, float] = {}
-    synchronous = DEFAULT_SYNCHRONOUS
+    synchronous, namespace = DEFAULT_SYNCHRONOUS, DEFAULT_NAMESPACE
     for key, raw in parse_qsl(parts.query, keep_blank_values=True):
         if key == "synchronous":
             synchronous = check_synchronous(raw)
             continue
+        if key == "namespace":
+            namespace = check_namespace(raw)
+            continue
         if key not in ("poll_interval", "busy_timeout", "wake_interval"):
             raise ConfigurationError(
                 f"unknown option {key!r} in {url!r}; sqlite:// URLs take poll_interval, "
-                "busy_timeout and wake_interval (seconds) and synchronous (normal or full)"
+                "busy_timeout and wake_interval (seconds), synchronous (normal or full) "
+                "and namespace (whose beat entries the schedule store sees)"
             )
         try:
             number = float(raw)
@@ -135,4 +158,6 @@ def parse_url(url: str) -> SqliteOptions:
                 f"option {key} in {url!r} must be a number of seconds, not {raw!r}"
             ) from exc
         values[key] = check_seconds(key, number, allow_zero=key == "busy_timeout")
-    return SqliteOptions(path=resolve_path(path), synchronous=synchronous, **values)
+    return SqliteOptions(
+        path=resolve_path(path), synchronous=synchronous, namespace=namespace, **values
+    )

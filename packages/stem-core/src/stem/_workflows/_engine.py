@@ -132,6 +132,9 @@ class Workflows:
                 raise
             return run.id
         await self.dispatch(run.id, run.queue)
+        # Announced after the dispatch, so that a worker can start meanwhile (the worker's
+        # own events about the run need several round trips before they can follow).
+        await self._announce(run, RunStatus.PENDING)
         return run.id
 
     async def dispatch(self, run_id: str, queue: str | None = None) -> None:
@@ -182,7 +185,9 @@ class Workflows:
     # -- events and steering -------------------------------------------------------------
 
     async def emit(self, topic: str, payload: Any = None) -> list[str]:
-        ids = await self.store.emit(topic, storable(payload, f"the payload of event {topic!r}"))
+        plain = storable(payload, f"the payload of event {topic!r}")
+        ids = await self.store.emit(topic, plain)
+        await self._publish(topic, plain)
         for run_id in ids:
             await self.dispatch(run_id)
         return ids
@@ -191,6 +196,7 @@ class Workflows:
         plain = storable(payload, f"the payload of event {topic!r}")
         sent = await self.store.send_event(run_id, topic, plain)
         if sent:
+            await self._publish(topic, plain)
             run = await self.store.get_run(run_id)
             if run is not None and run.status is RunStatus.PENDING:
                 await self.dispatch(run_id, run.queue)
@@ -202,6 +208,7 @@ class Workflows:
             return False
         run = await self.store.get_run(run_id)
         if run is not None:
+            await self._announce(run, RunStatus.CANCELLED)
             await self._tell_parent(run, "cancelled", None, run.error)
         for child in await self.store.list_runs(parent_id=run_id, limit=10_000):
             if not child.status.is_final:
@@ -220,8 +227,34 @@ class Workflows:
     async def rewind(self, run_id: str, step: str) -> bool:
         if not await self.store.rewind(run_id, step):
             return False
-        await self.dispatch(run_id)
+        run = await self.store.get_run(run_id)
+        if run is not None:
+            await self._announce(run, RunStatus.PENDING)  # what a rewind makes it
+            await self.dispatch(run_id, run.queue)
         return True
+
+    # -- the event bus -------------------------------------------------------------------
+
+    async def _publish(self, topic: str, payload: Any) -> None:
+        """Tell live observers (``app.event_bus``); the operation is done already, so a
+        failure here is logged, never raised."""
+        try:
+            await self.app.event_bus.publish(topic, payload)
+        except Exception as exc:
+            log.warning(
+                "could not publish event %r on the event bus (%s: %s); live observers miss "
+                "it, the workflow store has what happened",
+                topic,
+                type(exc).__name__,
+                exc,
+            )
+
+    async def _announce(self, run: WorkflowRun, status: RunStatus) -> None:
+        """Publish a status change of ``run`` as ``stem.run.<status>``."""
+        await self._publish(
+            f"stem.run.{status.value}",
+            {"run_id": run.id, "workflow": run.workflow, "status": status.value},
+        )
 
     async def wait(
         self, run_id: str, *, timeout: float | None = None, decode: Any = None
@@ -347,6 +380,8 @@ class Workflows:
             await x.store.finish_run(x.run.id, x.fence, status, result=result, error=error)
         except LeaseLostError:
             log.info("workflow run %s moved on before it could be marked %s", x.run.id, status)
+            return
+        await self._announce(x.run, status)
 
     async def _tell_parent(
         self, run: WorkflowRun, status: str, result: Any, error: TaskError | None

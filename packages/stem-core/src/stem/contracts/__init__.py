@@ -18,10 +18,11 @@ from .._messages import (
 from ._adapter import Adapter
 from ._backend import ResultBackend
 from ._broker import Broker, BrokerCapabilities, claim_unique, subscriber_queue
+from ._events import TopicPattern, decode_event, encode_event
 from ._locks import LockStore, RevokeStore
 from ._ratelimit import RateLimiter, RateLimiterCapabilities
-from ._schedule import ScheduleEntry, ScheduleStore
-from ._signals import ControlChannel, ControlMessage, EventBus
+from ._schedule import ScheduleConflictError, ScheduleEntry, ScheduleStore
+from ._signals import ControlChannel, ControlMessage, EventBus, EventSubscription
 from ._workflow import (
     Resume,
     RunPolicy,
@@ -41,6 +42,7 @@ __all__ = [
     "DeadLetter",
     "Delivery",
     "EventBus",
+    "EventSubscription",
     "GroupState",
     "LockStore",
     "Message",
@@ -53,17 +55,21 @@ __all__ = [
     "RevokeStore",
     "RunPolicy",
     "RunStatus",
+    "ScheduleConflictError",
     "ScheduleEntry",
     "ScheduleStore",
     "StepCheckpoint",
     "Subscription",
     "TaskState",
     "TaskStatus",
+    "TopicPattern",
     "UniqueClaim",
     "Watcher",
     "WorkerHeartbeat",
     "WorkflowRun",
     "WorkflowStore",
     "claim_unique",
+    "decode_event",
+    "encode_event",
     "subscriber_queue",
 ]

@@ -11,7 +11,7 @@ from ._broker import Broker
 from ._locks import LockStore, RevokeStore
 from ._ratelimit import RateLimiter
 from ._schedule import ScheduleStore
-from ._signals import ControlChannel
+from ._signals import ControlChannel, EventBus
 from ._workflow import WorkflowStore
 
 __all__ = ["Adapter"]
@@ -63,5 +63,13 @@ class Adapter(abc.ABC):
         """The channel that carries remote-control commands and replies, or None (the default).
 
         ``Stem.from_url`` keeps it as ``app.control_channel``.
+        """
+        return None
+
+    def event_bus(self, url: str, *, clock: Clock | None = None) -> EventBus | None:
+        """The bus that carries live events between the processes of an app, or None (the
+        default: each app then gets a bus in its own memory, seen by that process only).
+
+        ``Stem.from_url`` keeps the one of the workflow store's URL as ``app.event_bus``.
         """
         return None

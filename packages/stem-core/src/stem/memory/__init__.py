@@ -14,6 +14,7 @@ from ..contracts import (
     Adapter,
     Broker,
     ControlChannel,
+    EventBus,
     LockStore,
     ResultBackend,
     RevokeStore,
@@ -22,6 +23,7 @@ from ..contracts import (
 )
 from ._backend import MemoryResultBackend
 from ._broker import MemoryBroker
+from ._events import MemoryEventBus
 from ._stores import (
     MemoryControlChannel,
     MemoryLockStore,
@@ -34,6 +36,7 @@ __all__ = [
     "MemoryAdapter",
     "MemoryBroker",
     "MemoryControlChannel",
+    "MemoryEventBus",
     "MemoryLockStore",
     "MemoryResultBackend",
     "MemoryRevokeStore",
@@ -78,6 +81,9 @@ class MemoryAdapter(Adapter):
 
     def control_channel(self, url: str, *, clock: Clock | None = None) -> ControlChannel:
         return self._shared(url, "control", MemoryControlChannel, clock)  # type: ignore[return-value]
+
+    def event_bus(self, url: str, *, clock: Clock | None = None) -> EventBus:
+        return self._shared(url, "events", MemoryEventBus, clock)  # type: ignore[return-value]
 
 
 adapter = MemoryAdapter()

@@ -16,6 +16,7 @@ from ..contracts import (
     ControlMessage,
     LockStore,
     RevokeStore,
+    ScheduleConflictError,
     ScheduleEntry,
     ScheduleStore,
 )
@@ -107,35 +108,90 @@ class MemoryScheduleStore(ScheduleStore):
         super().__init__(clock=clock)
         self._entries: dict[str, bytes] = {}  # insertion order; an upsert keeps the place
 
-    async def upsert(self, entry: ScheduleEntry) -> None:
-        self._entries[entry.id] = _schedule_encoder.encode(entry)
-
-    async def get(self, entry_id: str) -> ScheduleEntry | None:
+    def _load(self, entry_id: str) -> ScheduleEntry | None:
         data = self._entries.get(entry_id)
         return None if data is None else _schedule_decoder.decode(data)
+
+    def _save(self, entry: ScheduleEntry) -> None:
+        self._entries[entry.id] = _schedule_encoder.encode(entry)
+
+    async def upsert(self, entry: ScheduleEntry) -> ScheduleEntry:
+        stored = self._load(entry.id)
+        if (stored.version if stored else 0) != entry.version:
+            have = f"version {stored.version}" if stored else "no such entry"
+            raise ScheduleConflictError(
+                f"beat entry {entry.id!r} was written with version {entry.version}, but the "
+                f"store has {have}: read it again and apply the change to what is stored"
+            )
+        new = msgspec.structs.replace(entry, version=entry.version + 1)
+        if stored is not None:  # a claim belongs to the beat that holds it, not the writer
+            new.claimed_by, new.claimed_until = stored.claimed_by, stored.claimed_until
+        data = _schedule_encoder.encode(new)  # fails before anything changes
+        self._entries[entry.id] = data
+        return _schedule_decoder.decode(data)
+
+    async def get(self, entry_id: str) -> ScheduleEntry | None:
+        return self._load(entry_id)
 
     async def remove(self, entry_id: str) -> bool:
         return self._entries.pop(entry_id, None) is not None
 
-    async def due(self, now: float, *, limit: int = 100) -> builtins.list[ScheduleEntry]:
+    async def due(
+        self, now: float, *, owner: str, claim_ttl: float, limit: int = 100
+    ) -> builtins.list[ScheduleEntry]:
+        held = self.clock.now()
         entries = (_schedule_decoder.decode(data) for data in self._entries.values())
         due = [
-            e for e in entries if e.enabled and e.next_run_at is not None and e.next_run_at <= now
+            e
+            for e in entries
+            if e.enabled
+            and e.next_run_at is not None
+            and e.next_run_at <= now
+            and (e.claimed_until is None or e.claimed_until <= held)
         ]
         due.sort(key=lambda e: e.next_run_at or 0.0)  # stable: equal times in insertion order
-        return due[: max(limit, 0)]
+        claimed = due[: max(limit, 0)]
+        for entry in claimed:
+            entry.claimed_by, entry.claimed_until = owner, held + claim_ttl
+            self._save(entry)
+        return claimed
 
     async def mark_executed(
-        self, entry_id: str, *, ran_at: float, next_run_at: float | None, drift: float
-    ) -> None:
-        data = self._entries.get(entry_id)
-        if data is None:
-            return  # removed meanwhile: nothing to record, and nothing to bring back
-        entry = _schedule_decoder.decode(data)
+        self,
+        entry_id: str,
+        *,
+        owner: str,
+        due_at: float,
+        ran_at: float,
+        next_run_at: float | None,
+        drift: float,
+        error: str | None = None,
+    ) -> bool:
+        entry = self._load(entry_id)
+        if (
+            entry is None
+            or entry.claimed_by != owner
+            or entry.claimed_until is None
+            or entry.claimed_until <= self.clock.now()
+            or entry.next_run_at != due_at
+        ):
+            return False
         entry.last_run_at, entry.next_run_at = ran_at, next_run_at
-        entry.last_drift = drift
-        entry.total_runs += 1
-        self._entries[entry_id] = _schedule_encoder.encode(entry)
+        entry.last_drift, entry.last_error = drift, error
+        if error is None:
+            entry.total_runs += 1
+        entry.claimed_by = entry.claimed_until = None
+        entry.version += 1
+        self._save(entry)
+        return True
+
+    async def release(self, entry_id: str, owner: str) -> bool:
+        entry = self._load(entry_id)
+        if entry is None or entry.claimed_by != owner:
+            return False
+        entry.claimed_by = entry.claimed_until = None
+        self._save(entry)
+        return True
 
     # Defined last: inside the class body, ``list`` names this method from here on.
     async def list(self) -> builtins.list[ScheduleEntry]:

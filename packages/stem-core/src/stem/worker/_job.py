@@ -114,6 +114,14 @@ class Job(_Runtime):
         hooks = app.hooks
         if "on_consume" in hooks.listened:
             await hooks.emit("on_consume", envelope=envelope, delivery=delivery)
+        if envelope.callbacks and delivery.deliveries > 1:
+            # A canvas task delivered again: if its result is stored, the worker before
+            # stopped between storing it and the ack. The task is not run again; its
+            # canvas step is finished from the stored status (see Outcomes.already_ended).
+            ended = await app.backend.get_status(envelope.id)
+            if ended is not None and ended.state.is_final:
+                await worker._outcomes.already_ended(self, ended)
+                return
         if envelope.id in worker.revoked:
             await worker._outcomes.finish_revoked(self, "revoked before it started")
             return

@@ -9,7 +9,7 @@ import msgspec
 
 from .._errors import AdapterError, SerializationError, StoreLostError
 from .._execute import Outcome, OutcomeKind, task_error
-from .._messages import Envelope, TaskError, TaskState
+from .._messages import Envelope, TaskError, TaskState, TaskStatus
 from .._task import Task
 from ._job import Job, retry_message
 
@@ -40,18 +40,27 @@ class Outcomes:
             status = app.make_status(
                 envelope, TaskState.SUCCEEDED, outcome=outcome, worker=worker.id
             )
-            # "stem.unique": a claim to release after the write (see UniqueCoordinator).
-            if "stem.unique" not in envelope.meta and "on_success" not in app.hooks.listened:
+            # "stem.unique": a claim to release after the write (see UniqueCoordinator);
+            # callbacks: a canvas step between the write and the ack (see _canvas_step).
+            canvas = bool(envelope.callbacks)
+            if (
+                not canvas
+                and "stem.unique" not in envelope.meta
+                and "on_success" not in app.hooks.listened
+            ):
                 # Nothing to await after the write: the slot moves on, and the write of
                 # the batch ends the job (succeeded), or, if it fails, unsettled does.
                 worker._settlement.hand_over(status, job)
                 return
             try:
-                await worker._settlement.write(status, job.delivery)
+                await worker._settlement.write(status, None if canvas else job.delivery)
             except SerializationError as exc:
                 # This result alone cannot be stored; the others of its batch were.
                 outcome = _unstorable(task.name, exc)
             else:
+                if canvas:
+                    await self._canvas_step(job, envelope, status[0])
+                    await worker._settlement.write(None, job.delivery)
                 self._count("succeeded")
                 await app.unique.release(envelope)
                 self._log_success(job, envelope)
@@ -162,18 +171,18 @@ class Outcomes:
         envelope = job.envelope
         if envelope is not None:
             failed = outcome or Outcome(OutcomeKind.DEAD, error=error, reason=reason)
+            status = worker.app.make_status(
+                envelope, TaskState.FAILED, outcome=failed, worker=worker.id
+            )
             try:
-                await worker._settlement.write(
-                    worker.app.make_status(
-                        envelope, TaskState.FAILED, outcome=failed, worker=worker.id
-                    ),
-                    None,
-                )
+                await worker._settlement.write(status, None)
             except SerializationError:
                 # Even the failure cannot be stored (a name no backend can hold): the
                 # message is still set aside, so it neither vanishes nor comes back.
                 log.exception("cannot store the failed status of %s", job.describe())
             await worker.app.unique.release(envelope)
+            if envelope.callbacks:
+                await self._canvas_step(job, envelope, status[0])
         await worker.broker.dead_letter(
             job.delivery,
             reason,
@@ -206,6 +215,16 @@ class Outcomes:
         if status is None or not status.state.is_final:
             await self.dead_letter(job, "poison", error)
             return
+        await self.already_ended(job, status)
+
+    async def already_ended(self, job: Job, status: TaskStatus) -> None:
+        """Settle a message whose task had already ended with ``status`` (stored), without
+        running it: its deliveries repeated finished work (the ack was lost, or the worker
+        was killed between its result and the ack). A canvas task's step runs again first,
+        in case that worker stopped before finishing it."""
+        worker = self.worker
+        if job.envelope is not None and job.envelope.callbacks:
+            await worker.app._canvas.after_final(job.envelope, status, recovering=True)
         if status.state is TaskState.FAILED:
             stored = status.error
             await worker.broker.dead_letter(
@@ -231,15 +250,25 @@ class Outcomes:
         outcome = Outcome(
             OutcomeKind.DEAD, error=TaskError(type="Revoked", message=why), reason="revoked"
         )
-        await worker._settlement.write(
-            worker.app.make_status(
-                job.envelope, TaskState.REVOKED, outcome=outcome, worker=worker.id
-            ),
-            job.delivery,
+        status = worker.app.make_status(
+            job.envelope, TaskState.REVOKED, outcome=outcome, worker=worker.id
         )
+        canvas = bool(job.envelope.callbacks)
+        await worker._settlement.write(status, None if canvas else job.delivery)
+        if canvas:
+            await self._canvas_step(job, job.envelope, status[0])
+            await worker._settlement.write(None, job.delivery)
         self._count("revoked")
         await worker.app.unique.release(job.envelope)
         log.info("%s[%s] revoked: %s", job.envelope.task, job.envelope.id, why)
+
+    async def _canvas_step(self, job: Job, envelope: Envelope, status: TaskStatus) -> None:
+        """Go on with the canvas of a task whose final status is stored and whose message
+        is not acked yet: if the worker dies here, the message comes back, and the step
+        (idempotent) runs again from the stored status (see stem._canvas._runtime)."""
+        await self.worker.app._canvas.after_final(
+            envelope, status, recovering=job.delivery.deliveries > 1
+        )
 
     async def reschedule(
         self, job: Job, envelope: Envelope, delay: float, meta: dict[str, Any]

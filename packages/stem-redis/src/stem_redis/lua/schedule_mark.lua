@@ -1,31 +1,38 @@
--- KEYS as in schedule_upsert.lua. ARGV: id, ran_at, next_run_at ('' for none), drift.
--- Records one run in the entry's header, keeping the rest as it is: 1, or 0 when the
--- entry is gone (removed meanwhile: nothing to record, and nothing to bring back).
+-- Record a firing by the owner of a live claim on it (the entry's next run is still
+-- due_at): times moved on, runs counted unless it failed, claim dropped, version moved
+-- on. ARGV: the store's now ('' for the server's clock), id, owner, due_at, ran_at,
+-- next_run_at ('' for none), drift, '1' if it failed then its error ('0', '' if not).
+-- 1, or 0 (changing nothing) if the claim was lost or the entry changed or went.
+local now = clock_now(nextarg())
 local id = nextarg()
+local owner = nextarg()
+local due_at = nextarg()
+local key = entry_key(id)
+local v = redis.call('HMGET', key, 'owner', 'until', 'next')
+if v[1] ~= owner or not v[2] or tonumber(v[2]) <= tonumber(now) then
+  return 0
+end
+if not v[3] or tonumber(v[3]) ~= tonumber(due_at) then
+  return 0
+end
 local ran = nextarg()
 local next_run = nextarg()
 local drift = nextarg()
-local value = redis.call('HGET', KEYS[1], id)
-if not value then
-  return 0
-end
-local fields = {}
-local at = 1
-for i = 1, 5 do
-  local stop = string.find(value, '\0', at, true)
-  if not stop then
-    return redis.error_reply('ERR the schedule entry ' .. id .. ' was not written by Stem')
-  end
-  fields[i] = string.sub(value, at, stop - 1)
-  at = stop + 1
-end
-local total = (tonumber(fields[5]) or 0) + 1
-local header = table.concat({fields[1], next_run, ran, drift, string.format('%d', total)}, '\0')
-redis.call('HSET', KEYS[1], id, header .. '\0' .. string.sub(value, at))
--- A disabled entry stays out of the index, whatever the run says
-if fields[1] == '1' and next_run ~= '' then
-  redis.call('ZADD', KEYS[2], next_run, id)
+local failed = nextarg() == '1'
+local err = nextarg()
+redis.call('HSET', key, 'last', ran, 'drift', drift)
+if next_run ~= '' then
+  redis.call('HSET', key, 'next', next_run)
 else
-  redis.call('ZREM', KEYS[2], id)
+  redis.call('HDEL', key, 'next')
 end
+if failed then
+  redis.call('HSET', key, 'error', err)
+else
+  redis.call('HDEL', key, 'error')
+  redis.call('HINCRBY', key, 'runs', 1)
+end
+redis.call('HDEL', key, 'owner', 'until')
+redis.call('HINCRBY', key, 'ver', 1)
+place(id)
 return 1

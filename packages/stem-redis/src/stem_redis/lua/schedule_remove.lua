@@ -1,4 +1,6 @@
--- KEYS as in schedule_upsert.lua. ARGV: id. Returns 1 if the entry was there.
+-- Remove an entry. ARGV: id. 1 if it was there.
 local id = nextarg()
-redis.call('ZREM', KEYS[2], id)
-return redis.call('HDEL', KEYS[1], id)
+redis.call('ZREM', IDS, id)
+redis.call('ZREM', DUE, id)
+redis.call('ZREM', CLAIMS, id)
+return redis.call('DEL', entry_key(id))
