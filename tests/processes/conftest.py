@@ -13,8 +13,10 @@ from pathlib import Path
 import pytest
 
 SOAK = Path(__file__).resolve().parents[2] / "tools" / "soak"
-if str(SOAK) not in sys.path:
-    sys.path.insert(0, str(SOAK))
+HERE = Path(__file__).resolve().parent  # _stem_procs.py, the process harness
+for folder in (SOAK, HERE):
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
 
 
 @pytest.fixture(

@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import os
 import signal
 import subprocess
-import sys
-import textwrap
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from _stem_procs import StemProcesses
 
 from stem import Stem
 from stem._codec import decode_envelope
@@ -49,50 +47,16 @@ app.schedule("tick", Interval({EVERY}), tick, catch_up="each")
 """
 
 
-class Beats:
-    """Starts `stem beat` processes on one app module, and kills what is left at the end."""
+class Beats(StemProcesses):
+    """`stem beat` processes on one app module, all killed at the end."""
 
     def __init__(self, root: Path, url: str) -> None:
-        self.root = root
-        (root / "beat_app.py").write_text(textwrap.dedent(APP))
-        self.env = {**os.environ, "STEM_URL": url, "PYTHONUNBUFFERED": "1"}
+        super().__init__(root, "beat_app", APP, {"STEM_URL": url})
         self.env.pop("STEM_APP", None)
-        self.procs: list[subprocess.Popen[bytes]] = []
 
     def start(self, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        log = open(self.root / f"beat-{len(self.procs)}.log", "wb")  # noqa: SIM115 - closed in stop_all
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "stem_cli",
-                "beat",
-                "--app",
-                "beat_app:app",
-                "--claim-ttl",
-                "2",
-                "--max-interval",
-                "0.2",
-                "-l",
-                "debug",
-            ],
-            cwd=self.root,
-            env={**self.env, **(env or {})},
-            stderr=log,
-        )
-        proc.log = log  # type: ignore[attr-defined]
-        self.procs.append(proc)
-        return proc
-
-    def log_of(self, proc: subprocess.Popen[bytes]) -> str:
-        return (self.root / f"beat-{self.procs.index(proc)}.log").read_text()
-
-    def stop_all(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
-            proc.log.close()  # type: ignore[attr-defined]
+        args = ("--claim-ttl", "2", "--max-interval", "0.2", "-l", "debug")
+        return self.spawn("beat", *args, env=env)
 
 
 @pytest.fixture

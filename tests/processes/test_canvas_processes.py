@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import os
 import signal
 import subprocess
 import sys
@@ -21,6 +20,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
+from _stem_procs import StemProcesses
 
 from stem import Stem, TaskState
 
@@ -101,35 +101,18 @@ asyncio.run(main())
 """
 
 
-class Processes:
+class Processes(StemProcesses):
     """Worker processes (and a producer) on one app module; all stopped at the end."""
 
     def __init__(self, root: Path, url: str) -> None:
-        self.root = root
         self.runs_file = root / "runs.txt"
         self.hold = root / "held"
-        (root / "proc_app.py").write_text(textwrap.dedent(APP))
+        env = {"STEM_URL": url, "RUNS_FILE": str(self.runs_file), "HOLD_FILE": str(self.hold)}
+        super().__init__(root, "proc_app", APP, env)
         (root / "producer.py").write_text(textwrap.dedent(PRODUCER))
-        self.env = {
-            **os.environ,
-            "STEM_URL": url,
-            "RUNS_FILE": str(self.runs_file),
-            "HOLD_FILE": str(self.hold),
-            "PYTHONUNBUFFERED": "1",
-        }
-        self.procs: list[subprocess.Popen[bytes]] = []
 
     def worker(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        log = open(self.root / f"worker-{len(self.procs)}.log", "wb")  # noqa: SIM115 - closed in stop_all
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "stem_cli", "worker", "--app", "proc_app:app", *args],
-            cwd=self.root,
-            env={**self.env, **(env or {})},
-            stderr=log,
-        )
-        proc.log = log  # type: ignore[attr-defined]
-        self.procs.append(proc)
-        return proc
+        return self.spawn("worker", *args, env=env)
 
     def produce(self, branches: int) -> str:
         done = subprocess.run(
@@ -150,13 +133,6 @@ class Processes:
                 event, task_id, pid = line.split()
                 found[event].append((task_id, int(pid)))
         return found
-
-    def stop_all(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
-            proc.log.close()  # type: ignore[attr-defined]
 
 
 @pytest.fixture

@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import os
 import signal
 import subprocess
-import sys
-import textwrap
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
+from _stem_procs import StemProcesses
 
 from stem import Stem, TaskState
 from stem.contracts import subscriber_queue
@@ -65,38 +63,18 @@ async def gated(ctx, n: int) -> int:
 """
 
 
-class Workers:
-    """Starts `stem worker` processes on one app module, and stops them all at the end."""
+class Workers(StemProcesses):
+    """`stem worker` processes on one app module, all killed at the end."""
 
     def __init__(self, root: Path, url: str) -> None:
-        self.root = root
         self.url = url
         self.runs = root / "runs.txt"
         self.release = root / "release"
-        (root / "proc_app.py").write_text(textwrap.dedent(APP))
-        self.env = {
-            **os.environ,
-            "STEM_URL": url,
-            "RUNS_FILE": str(self.runs),
-            "RELEASE_FILE": str(self.release),
-            "PYTHONUNBUFFERED": "1",
-        }
-        self.procs: list[subprocess.Popen[bytes]] = []
+        env = {"STEM_URL": url, "RUNS_FILE": str(self.runs), "RELEASE_FILE": str(self.release)}
+        super().__init__(root, "proc_app", APP, env)
 
     def start(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        log = open(self.root / f"worker-{len(self.procs)}.log", "wb")  # noqa: SIM115 - closed in stop_all
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "stem_cli", "worker", "--app", "proc_app:app", *args],
-            cwd=self.root,
-            env={**self.env, **(env or {})},
-            stderr=log,
-        )
-        proc.log = log  # type: ignore[attr-defined]
-        self.procs.append(proc)
-        return proc
-
-    def log_of(self, proc: subprocess.Popen[bytes]) -> str:
-        return (self.root / f"worker-{self.procs.index(proc)}.log").read_text()
+        return self.spawn("worker", *args, env=env)
 
     def runs_by_task(self) -> dict[str, list[int]]:
         starts: dict[str, list[int]] = collections.defaultdict(list)
@@ -106,13 +84,6 @@ class Workers:
                 if event == "start":
                     starts[task_id].append(int(pid))
         return starts
-
-    def stop_all(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
-            proc.log.close()  # type: ignore[attr-defined]
 
 
 @pytest.fixture

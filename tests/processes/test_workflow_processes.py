@@ -12,17 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import os
 import signal
 import subprocess
-import sys
-import textwrap
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
+from _stem_procs import StemProcesses
 
 from stem import Stem
 from stem.contracts import RunStatus
@@ -80,42 +78,18 @@ async def waiter(wf: WorkflowContext, topic: str) -> dict:
 HEARTBEAT = ("--heartbeat-interval", "1")
 
 
-class Workers:
-    """Starts `stem worker` processes on one app module, and stops them all at the end."""
+class Workers(StemProcesses):
+    """`stem worker` processes on one app module, all killed at the end."""
 
     def __init__(self, root: Path, url: str) -> None:
-        self.root = root
+        super().__init__(
+            root, "wf_app", APP, {"STEM_URL": url, "RUNS_FILE": str(root / "runs.txt")}
+        )
         self.url = url
         self.runs = root / "runs.txt"
-        (root / "wf_app.py").write_text(textwrap.dedent(APP))
-        self.env = {
-            **os.environ,
-            "STEM_URL": url,
-            "RUNS_FILE": str(self.runs),
-            "PYTHONUNBUFFERED": "1",
-        }
-        self.procs: list[subprocess.Popen[bytes]] = []
 
     def start(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        log = open(self.root / f"worker-{len(self.procs)}.log", "wb")  # noqa: SIM115 - closed in stop_all
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "stem_cli", "worker", "--app", "wf_app:app", *HEARTBEAT, *args],
-            cwd=self.root,
-            env={**self.env, **(env or {})},
-            stderr=log,
-        )
-        proc.log = log  # type: ignore[attr-defined]
-        self.procs.append(proc)
-        return proc
-
-    def logs(self, tail: int = 15) -> str:
-        """The last lines of every worker's log, for a failure's message."""
-        parts = []
-        for i, proc in enumerate(self.procs):
-            lines = (self.root / f"worker-{i}.log").read_text(errors="replace").splitlines()
-            parts.append(f"--- worker {i} (pid {proc.pid}, exit {proc.poll()}):")
-            parts += lines[-tail:]
-        return "\n".join(parts)
+        return self.spawn("worker", *HEARTBEAT, *args, env=env)
 
     def starts(self) -> dict[tuple[str, str], list[int]]:
         """The pids that started each (run, step), in the order they did."""
@@ -126,13 +100,6 @@ class Workers:
                 if event == "start":
                     found[run_id, step].append(int(pid))
         return found
-
-    def stop_all(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
-            proc.log.close()  # type: ignore[attr-defined]
 
 
 @pytest.fixture
