@@ -541,12 +541,11 @@ async def test_the_chord_claim_records_the_callback_and_when_it_was_sent(
         assert await outcome(drive, handle) == 3
     grouped = await app.get_status("g-rec")
     assert grouped is not None and grouped.state is TaskState.SUCCEEDED
-    dispatched = grouped.meta["stem.dispatched"]
-    assert dispatched["id"] == handle.id
-    assert start <= dispatched["at"] <= clock.now()
     state = await app.backend.get_group("g-rec")
     assert state is not None
-    assert state.chord_claimed_by == grouped.meta["stem.claimed_by"]
+    assert state.chord_meta == {"callback": handle.id}
+    assert state.chord_claimed_at is not None
+    assert start <= state.chord_claimed_at <= clock.now()
     assert state.chord_claimed_by in handle.task_ids[:2]
 
 

@@ -382,6 +382,78 @@ class ResultBackendContract(ContractSuite):
         assert await backend.claim_chord(group_id, "late") is False
         assert await backend.claim_chord(group_id, winner) is False
 
+    async def test_a_group_expires_with_its_ttl_and_refuses_late_results(
+        self, backend: ResultBackend, other_backend: ResultBackend, clock: Clock
+    ) -> None:
+        group_id, early, late = unique("group"), unique("member"), unique("member")
+        await backend.init_group(group_id, 2, ttl=TTL)
+        assert await backend.add_group_result(group_id, status(early, TaskState.SUCCEEDED))
+        await self.advance(clock, PAST)
+        assert await other_backend.get_group(group_id) is None
+        refused = await backend.add_group_result(group_id, status(late, TaskState.SUCCEEDED))
+        assert refused is None
+        assert await backend.claim_chord(group_id, "late") is False
+        assert await other_backend.get_group(group_id) is None  # nothing was stored
+
+    async def test_each_write_to_a_group_refreshes_its_expiry(
+        self, backend: ResultBackend, clock: Clock
+    ) -> None:
+        group_id = unique("group")
+        members = [unique("member") for _ in range(3)]
+        await backend.init_group(group_id, 3, ttl=TTL)
+        # Each write comes before the TTL runs out, though together they take longer
+        for member in members[:2]:
+            await self.advance(clock, TTL * 0.6)
+            added = await backend.add_group_result(group_id, status(member, TaskState.SUCCEEDED))
+            assert added is not None
+        await self.advance(clock, TTL * 0.6)
+        assert await backend.claim_chord(group_id, "owner") is True
+        await self.advance(clock, TTL * 0.6)
+        last = await backend.add_group_result(group_id, status(members[2], TaskState.SUCCEEDED))
+        assert last is not None and last.complete
+        # A group without a ttl never expires
+        forever = unique("group")
+        await backend.init_group(forever, 1)
+        await self.advance(clock, PAST)
+        assert await backend.get_group(forever) is not None
+
+    async def test_init_group_again_starts_it_afresh(
+        self, backend: ResultBackend, other_backend: ResultBackend, clock: Clock
+    ) -> None:
+        group_id, member = unique("group"), unique("member")
+        await backend.init_group(group_id, 1, meta={"round": 1}, ttl=TTL)
+        await backend.add_group_result(group_id, status(member, TaskState.SUCCEEDED))
+        assert await backend.claim_chord(group_id, "first", meta={"callback": "cb-1"})
+        await backend.init_group(group_id, 2, meta={"round": 2})
+        group = await other_backend.get_group(group_id)
+        assert group is not None
+        assert (group.size, group.results, group.meta) == (2, {}, {"round": 2})
+        assert (group.chord_claimed_by, group.chord_claimed_at, group.chord_meta) == (
+            None,
+            None,
+            {},
+        )
+        await self.advance(clock, PAST)  # the new group has no ttl: it stays
+        assert await other_backend.get_group(group_id) is not None
+        assert await backend.claim_chord(group_id, "second") is True
+
+    async def test_the_chord_claim_records_its_meta_and_time(
+        self, backend: ResultBackend, other_backend: ResultBackend, clock: Clock
+    ) -> None:
+        group_id = unique("group")
+        await backend.init_group(group_id, 1, ttl=KEEP)
+        fresh = await backend.get_group(group_id)
+        assert fresh is not None
+        assert (fresh.chord_claimed_at, fresh.chord_meta) == (None, {})
+        claimed_at = clock.now()
+        assert await backend.claim_chord(group_id, "owner", meta={"callback": "cb-1"})
+        assert await other_backend.claim_chord(group_id, "other", meta={"callback": "x"}) is False
+        group = await other_backend.get_group(group_id)
+        assert group is not None
+        assert group.chord_claimed_by == "owner"
+        assert group.chord_meta == {"callback": "cb-1"}
+        assert group.chord_claimed_at == self.near(clock, claimed_at)
+
     # -- heartbeats -----------------------------------------------------------------------------
 
     def heartbeat(self, clock: Clock, worker_id: str, **fields: Any) -> WorkerHeartbeat:

@@ -267,6 +267,10 @@ class GroupState(msgspec.Struct, kw_only=True):
     results: dict[str, TaskStatus] = {}
     meta: dict[str, Any] = {}
     chord_claimed_by: str | None = None
+    #: When the chord was claimed (on the store's clock), and what the winner recorded
+    #: with its claim (the canvas records the callback's task id under ``callback``).
+    chord_claimed_at: float | None = None
+    chord_meta: dict[str, Any] = {}
 
     @property
     def complete(self) -> bool:

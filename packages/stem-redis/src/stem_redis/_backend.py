@@ -453,7 +453,7 @@ class RedisResultBackend(RedisStore, ResultBackend):
     def _group(self, group_id: str, found: Any) -> GroupState | None:
         if not found:
             return None
-        size, meta, claimed, flat = found
+        size, meta, claimed, flat, claimed_at, chord_meta = found
         results = {
             flat[i].decode(): _status_decoder.decode(flat[i + 1]) for i in range(0, len(flat), 2)
         }
@@ -463,28 +463,42 @@ class RedisResultBackend(RedisStore, ResultBackend):
             results=results,
             meta=_meta_decoder.decode(meta),
             chord_claimed_by=claimed.decode() if claimed else None,
+            chord_claimed_at=float(claimed_at) if claimed_at else None,
+            chord_meta=_meta_decoder.decode(chord_meta) if chord_meta else {},
         )
 
     async def init_group(
-        self, group_id: str, size: int, *, meta: dict[str, object] | None = None
+        self,
+        group_id: str,
+        size: int,
+        *,
+        meta: dict[str, object] | None = None,
+        ttl: float | None = None,
     ) -> None:
+        expiry: list[Arg] = [""] if ttl is None else [ttl, keep_ms(ttl)]
         await self._client().script(
-            "group_init", self._group_keys(group_id), [size, _encoder.encode(dict(meta or {}))]
+            "group_init",
+            self._group_keys(group_id),
+            [size, _encoder.encode(dict(meta or {})), self._now(), *expiry],
         )
 
     async def add_group_result(self, group_id: str, status: TaskStatus) -> GroupState | None:
         found = await self._client().script(
-            "group_add", self._group_keys(group_id), [status.id, _encoder.encode(status)]
+            "group_add",
+            self._group_keys(group_id),
+            [self._now(), status.id, _encoder.encode(status)],
         )
         return self._group(group_id, found)
 
     async def get_group(self, group_id: str) -> GroupState | None:
-        found = await self._client().script("group_get", self._group_keys(group_id), [])
+        found = await self._client().script("group_get", self._group_keys(group_id), [self._now()])
         return self._group(group_id, found)
 
-    async def claim_chord(self, group_id: str, owner: str) -> bool:
-        keys = self._group_keys(group_id)[:1]
-        return bool(await self._client().script("chord_claim", keys, [owner, call_token()]))
+    async def claim_chord(
+        self, group_id: str, owner: str, *, meta: dict[str, object] | None = None
+    ) -> bool:
+        args: list[Arg] = [self._now(), owner, call_token(), _encoder.encode(dict(meta or {}))]
+        return bool(await self._client().script("chord_claim", self._group_keys(group_id), args))
 
     # -- worker heartbeats ----------------------------------------------------------------
 

@@ -13,7 +13,7 @@ from stem import Clock
 from stem.contracts import GroupState, ResultBackend, TaskState, TaskStatus, WorkerHeartbeat
 
 from ._connection import Client, FileStore
-from ._support import Sweeper, decode, fetchall, sweep_expired, to_json
+from ._support import SWEEP_BATCH, Sweeper, decode, fetchall, sweep_expired, to_json
 from ._url import (
     DEFAULT_BUSY_TIMEOUT,
     DEFAULT_SYNCHRONOUS,
@@ -72,6 +72,7 @@ class SqliteResultBackend(FileStore, ResultBackend):
         self._baselines: Baselines[str, int | None] = Baselines()
         self._sweep_statuses = Sweeper(self.clock)
         self._sweep_heartbeats = Sweeper(self.clock)
+        self._sweep_groups = Sweeper(self.clock)
 
     def _status(self, data: str, expires_at: float | None) -> TaskStatus:
         status: TaskStatus = decode(_status_decoder, data, "a task status", self.path)
@@ -192,19 +193,35 @@ class SqliteResultBackend(FileStore, ResultBackend):
     # -- groups and chords ----------------------------------------------------------------
 
     async def init_group(
-        self, group_id: str, size: int, *, meta: dict[str, object] | None = None
+        self,
+        group_id: str,
+        size: int,
+        *,
+        meta: dict[str, object] | None = None,
+        ttl: float | None = None,
     ) -> None:
         db = await self._db()
-        await db.write(_init_group, group_id, size, to_json(dict(meta or {})))
+        swept = await db.write(
+            _init_group,
+            group_id,
+            size,
+            to_json(dict(meta or {})),
+            ttl,
+            self.clock.now(),
+            self._sweep_groups.due(),
+        )
+        self._sweep_groups.swept(swept)
 
     async def add_group_result(self, group_id: str, status: TaskStatus) -> GroupState | None:
         db = await self._db()
-        found = await db.write(_add_group_result, group_id, status.id, to_json(status))
+        found = await db.write(
+            _add_group_result, group_id, status.id, to_json(status), self.clock.now()
+        )
         return None if found is None else self._group(group_id, *found)
 
     async def get_group(self, group_id: str) -> GroupState | None:
         db = await self._db()
-        found = await db.read(_read_group, group_id)
+        found = await db.read(_read_group, group_id, self.clock.now())
         return None if found is None else self._group(group_id, *found)
 
     def _group(
@@ -213,6 +230,8 @@ class SqliteResultBackend(FileStore, ResultBackend):
         size: int,
         meta: str,
         claimed_by: str | None,
+        claimed_at: float | None,
+        chord_meta: str | None,
         results: list[tuple[str, str]],
     ) -> GroupState:
         return GroupState(
@@ -224,11 +243,21 @@ class SqliteResultBackend(FileStore, ResultBackend):
             },
             meta=decode(_meta_decoder, meta, "group meta", self.path),
             chord_claimed_by=claimed_by,
+            chord_claimed_at=claimed_at,
+            chord_meta=(
+                {}
+                if chord_meta is None
+                else decode(_meta_decoder, chord_meta, "chord meta", self.path)
+            ),
         )
 
-    async def claim_chord(self, group_id: str, owner: str) -> bool:
+    async def claim_chord(
+        self, group_id: str, owner: str, *, meta: dict[str, object] | None = None
+    ) -> bool:
         db = await self._db()
-        return await db.write(_claim_chord, group_id, owner)
+        return await db.write(
+            _claim_chord, group_id, owner, to_json(dict(meta or {})), self.clock.now()
+        )
 
     # -- worker heartbeats ----------------------------------------------------------------
 
@@ -399,23 +428,63 @@ def _expire_status(conn: sqlite3.Connection, task_id: str, expires_at: float, no
     return cursor.rowcount == 1
 
 
-def _init_group(conn: sqlite3.Connection, group_id: str, size: int, meta: str) -> None:
-    # Initialising a group again starts it afresh, results and chord claim included.
+# A group is live while its expires_at (NULL: never) is after now; each write to it
+# moves expires_at to now + ttl.
+_LIVE_GROUP = "id = ? AND (expires_at IS NULL OR expires_at > ?)"
+_TOUCH_GROUP = "UPDATE stem_groups SET expires_at = ? + ttl WHERE id = ? AND ttl IS NOT NULL"
+
+
+def _init_group(
+    conn: sqlite3.Connection,
+    group_id: str,
+    size: int,
+    meta: str,
+    ttl: float | None,
+    now: float,
+    sweep: bool,
+) -> int:
+    """Create the group, or start it afresh (results and chord claim dropped); returns
+    how many expired groups a ``sweep`` deleted."""
     conn.execute("DELETE FROM stem_group_results WHERE group_id = ?", (group_id,))
     conn.execute(
-        "INSERT INTO stem_groups (id, size, meta, chord_claimed_by) VALUES (?, ?, ?, NULL)"
-        " ON CONFLICT (id) DO UPDATE"
-        " SET size = excluded.size, meta = excluded.meta, chord_claimed_by = NULL",
-        (group_id, size, meta),
+        "INSERT INTO stem_groups"
+        " (id, size, meta, chord_claimed_by, ttl, expires_at, chord_claimed_at, chord_meta)"
+        " VALUES (?1, ?2, ?3, NULL, ?4, ?5 + ?4, NULL, NULL)"
+        " ON CONFLICT (id) DO UPDATE SET size = excluded.size, meta = excluded.meta,"
+        " chord_claimed_by = NULL, ttl = excluded.ttl, expires_at = excluded.expires_at,"
+        " chord_claimed_at = NULL, chord_meta = NULL",
+        (group_id, size, meta, ttl, now),
     )
+    return _sweep_groups(conn, now) if sweep else 0
 
 
-_Group = tuple[int, str, str | None, list[tuple[str, str]]]
+def _sweep_groups(conn: sqlite3.Connection, now: float) -> int:
+    """Delete a batch of expired groups with their results; returns how many groups."""
+    gone = [
+        row[0]
+        for row in conn.execute(
+            "SELECT id FROM stem_groups WHERE expires_at IS NOT NULL AND expires_at <= ? LIMIT ?",
+            (now, SWEEP_BATCH),
+        )
+    ]
+    if gone:
+        ids = to_json(gone)
+        conn.execute(
+            "DELETE FROM stem_group_results WHERE group_id IN (SELECT value FROM json_each(?))",
+            (ids,),
+        )
+        conn.execute("DELETE FROM stem_groups WHERE id IN (SELECT value FROM json_each(?))", (ids,))
+    return len(gone)
 
 
-def _read_group(conn: sqlite3.Connection, group_id: str) -> _Group | None:
+_Group = tuple[int, str, str | None, float | None, str | None, list[tuple[str, str]]]
+
+
+def _read_group(conn: sqlite3.Connection, group_id: str, now: float) -> _Group | None:
     row = conn.execute(
-        "SELECT size, meta, chord_claimed_by FROM stem_groups WHERE id = ?", (group_id,)
+        "SELECT size, meta, chord_claimed_by, chord_claimed_at, chord_meta FROM stem_groups"
+        " WHERE " + _LIVE_GROUP,
+        (group_id, now),
     ).fetchone()
     if row is None:
         return None
@@ -423,26 +492,32 @@ def _read_group(conn: sqlite3.Connection, group_id: str) -> _Group | None:
         "SELECT task_id, data FROM stem_group_results WHERE group_id = ? ORDER BY rowid",
         (group_id,),
     ).fetchall()
-    return row[0], row[1], row[2], results
+    return row[0], row[1], row[2], row[3], row[4], results
 
 
 def _add_group_result(
-    conn: sqlite3.Connection, group_id: str, task_id: str, data: str
+    conn: sqlite3.Connection, group_id: str, task_id: str, data: str, now: float
 ) -> _Group | None:
-    if conn.execute("SELECT 1 FROM stem_groups WHERE id = ?", (group_id,)).fetchone() is None:
-        return None
+    live = conn.execute("SELECT 1 FROM stem_groups WHERE " + _LIVE_GROUP, (group_id, now))
+    if live.fetchone() is None:
+        return None  # unknown or expired: the result is refused
     # Idempotent per task id: a redelivered member's result is recorded once, the first time.
     conn.execute(
         "INSERT OR IGNORE INTO stem_group_results (group_id, task_id, data) VALUES (?, ?, ?)",
         (group_id, task_id, data),
     )
-    return _read_group(conn, group_id)
+    conn.execute(_TOUCH_GROUP, (now, group_id))
+    return _read_group(conn, group_id, now)
 
 
-def _claim_chord(conn: sqlite3.Connection, group_id: str, owner: str) -> bool:
+def _claim_chord(
+    conn: sqlite3.Connection, group_id: str, owner: str, meta: str, now: float
+) -> bool:
     cursor = conn.execute(
-        "UPDATE stem_groups SET chord_claimed_by = ? WHERE id = ? AND chord_claimed_by IS NULL",
-        (owner, group_id),
+        "UPDATE stem_groups SET chord_claimed_by = ?, chord_claimed_at = ?, chord_meta = ?,"
+        " expires_at = CASE WHEN ttl IS NULL THEN NULL ELSE ? + ttl END"
+        " WHERE chord_claimed_by IS NULL AND " + _LIVE_GROUP,
+        (owner, now, meta, now, group_id, now),
     )
     return cursor.rowcount == 1
 

@@ -56,7 +56,7 @@ class _Plan:
     """What sending some nodes takes: groups to create, then messages in one publish."""
 
     def __init__(self) -> None:
-        self.groups: list[tuple[str, int, dict[str, object]]] = []
+        self.groups: list[tuple[str, int, dict[str, object], float | None]] = []
         self.envelopes: list[Envelope] = []
 
 
@@ -109,9 +109,10 @@ class CanvasRuntime:
                 continue
             self._plan(node, value, frames, plan, now)
         backend = self.app.backend
-        for group_id, size, meta in plan.groups:
-            # Created before any member is sent, so no member finds it missing.
-            await backend.init_group(group_id, size, meta=meta)
+        for group_id, size, meta, ttl in plan.groups:
+            # Created before any member is sent, so no member finds it missing; it expires
+            # with the result TTL, counted from the last write to it.
+            await backend.init_group(group_id, size, meta=meta, ttl=ttl)
         if plan.envelopes:
             await self.app._send(plan.envelopes)
 
@@ -125,9 +126,8 @@ class CanvasRuntime:
                 "tasks": [i for m in node.members for i in call_ids(m)],
                 "then": encode_frames(frames),
                 "ttl": node.ttl,
-                "created_at": now,
             }
-            plan.groups.append((node.id, len(node.members), meta))
+            plan.groups.append((node.id, len(node.members), meta, node.ttl))
             for index, member in enumerate(node.members):
                 self._plan(member, value, [MemberFrame(group=node.id, index=index)], plan, now)
         else:
@@ -235,17 +235,8 @@ class CanvasRuntime:
         state = await backend.add_group_result(frame.group, status)
         if state is None:
             log.warning(
-                "group %s is gone (expired, or never created): the result of %s[%s] is not "
-                "recorded in it and its canvas stops here",
-                frame.group,
-                status.task,
-                status.id,
-            )
-            return
-        if _expired(state.meta, self.app.clock.now(), state.results, status.id):
-            log.warning(
-                "group %s expired before %s[%s] finished (its result TTL passed with no "
-                "member finishing): the result is refused and the canvas stops here",
+                "group %s expired or never existed (its result TTL passed since its last "
+                "member finished): the result of %s[%s] is refused and its canvas stops here",
                 frame.group,
                 status.task,
                 status.id,
@@ -254,26 +245,32 @@ class CanvasRuntime:
         stored = state.results.get(status.id, status)  # the first result recorded stands
         if stored.state is TaskState.SUCCEEDED and not state.complete:
             return
-        if await backend.claim_chord(frame.group, stored.id):
+        # What the group ended with, worked out before the claim so that the claim can
+        # record the task it leads to (a chord's callback, say).
+        outcome, values = self._outcome(frame.group, state.meta, state.results, stored)
+        frames = decode_frames(state.meta.get("then", []))
+        callback = _next_id(outcome, frames)
+        claim_meta: dict[str, object] = {} if callback is None else {"callback": callback}
+        if await backend.claim_chord(frame.group, stored.id, meta=claim_meta):
             recovering = False  # nobody went on with this group before
         elif state.chord_claimed_by == stored.id:
             recovering = True  # this member claimed it on an earlier delivery, then stopped
         else:
             return  # another member goes on with the group
-        await self._complete(frame.group, state.meta, state.results, stored, recovering)
+        await self._go_on(outcome, frames, recovering, values)
+        ttl = state.meta.get("ttl")
+        await backend.set_status(outcome, ttl=None if ttl is None else float(ttl))
 
-    async def _complete(
+    def _outcome(
         self,
         group_id: str,
         meta: dict[str, Any],
         results: dict[str, TaskStatus],
         claimer: TaskStatus,
-        recovering: bool,
-    ) -> None:
-        """Store the group's own result (under its id) and go on with its continuation."""
+    ) -> tuple[TaskStatus, Any]:
+        """The group's own result (stored under its id), with the members' values (or
+        _NOTHING if it failed)."""
         members = [str(m) for m in meta.get("members", [])]
-        frames = decode_frames(meta.get("then", []))
-        ttl = meta.get("ttl")
         now = self.app.clock.now()
         failed = claimer if claimer.state is not TaskState.SUCCEEDED else None
         if failed is None:
@@ -285,9 +282,7 @@ class CanvasRuntime:
                 ),
                 None,
             )
-        info: dict[str, Any] = {"stem.canvas": "group", "stem.claimed_by": claimer.id}
-        status: TaskStatus | None = None
-        sent: str | None = None
+        info: dict[str, Any] = {"stem.canvas": "group"}
         if failed is None:
             try:
                 values = [self._plain(results[m]) for m in members]
@@ -312,7 +307,7 @@ class CanvasRuntime:
                     updated_at=now,
                 )
             else:
-                status = TaskStatus(
+                succeeded = TaskStatus(
                     id=group_id,
                     state=TaskState.SUCCEEDED,
                     task=GROUP_TASK,
@@ -321,24 +316,18 @@ class CanvasRuntime:
                     meta=info,
                     updated_at=now,
                 )
-                sent = await self._go_on(status, frames, recovering, values)
-        if status is None:
-            assert failed is not None
-            cause = cause_of(failed)
-            info["stem.cause"] = cause
-            status = TaskStatus(
-                id=group_id,
-                state=failed.state if failed.state.is_final else TaskState.FAILED,
-                task=GROUP_TASK,
-                error=TaskError(type=cause["type"], message=cause["message"]),
-                meta=info,
-                updated_at=now,
-            )
-            sent = await self._go_on(status, frames, recovering, _NOTHING)
-        if sent is not None:
-            # What the claim led to: the task sent (a chord's callback, say) and when.
-            info["stem.dispatched"] = {"id": sent, "at": now}
-        await self.app.backend.set_status(status, ttl=None if ttl is None else float(ttl))
+                return succeeded, values
+        cause = cause_of(failed)
+        info["stem.cause"] = cause
+        status = TaskStatus(
+            id=group_id,
+            state=failed.state if failed.state.is_final else TaskState.FAILED,
+            task=GROUP_TASK,
+            error=TaskError(type=cause["type"], message=cause["message"]),
+            meta=info,
+            updated_at=now,
+        )
+        return status, _NOTHING
 
     def _plain(self, status: TaskStatus) -> Any:
         """A stored result as plain data, decoded by the encoder that wrote it."""
@@ -384,16 +373,19 @@ def _ttls(node: Node) -> dict[str, float | None]:
     return found
 
 
-def _expired(
-    meta: dict[str, Any], now: float, results: dict[str, TaskStatus], own: str | None
-) -> bool:
-    """Whether the group had expired: its result TTL passed since it was created and
-    since any member (other than ``own``, just recorded) finished."""
-    ttl = meta.get("ttl")
-    if ttl is None:
-        return False
-    last = max(
-        [float(meta.get("created_at", 0.0))]
-        + [s.updated_at for task_id, s in results.items() if task_id != own]
-    )
-    return now - last > float(ttl)
+def _next_id(status: TaskStatus, frames: list[Frame]) -> str | None:
+    """The id of the task that going on after ``status`` sends first (as ``_go_on`` does):
+    the next link's, or on a failure the first error callback's; None if none."""
+    if status.state is TaskState.SUCCEEDED:
+        for frame in frames:
+            if isinstance(frame, MemberFrame):
+                return None
+            if frame.links:
+                return first_id(frame.links[0])
+        return None
+    for frame in frames:
+        if isinstance(frame, MemberFrame):
+            return None
+        if frame.on_error:
+            return first_id(frame.on_error[0])
+    return None

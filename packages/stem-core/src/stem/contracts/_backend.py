@@ -20,6 +20,10 @@ class ResultBackend(abc.ABC):
       ``ttl`` seconds (``get_status`` then returns None).
     * ``add_group_result`` is idempotent per task id; ``claim_chord`` returns True
       to exactly one caller per group, however many call it at once.
+    * A group created with ``ttl`` (and its results and claim) expires ``ttl`` seconds
+      after the last write to it (``init_group``, ``add_group_result``, ``claim_chord``),
+      on the store's clock: it then reads as None and refuses results and claims.
+      ``init_group`` of an existing id starts the group afresh.
     * Heartbeats expire after their ``ttl``.
 
     :meth:`watch` holds the waiting policy; adapters that can notify override
@@ -89,21 +93,33 @@ class ResultBackend(abc.ABC):
 
     @abc.abstractmethod
     async def init_group(
-        self, group_id: str, size: int, *, meta: dict[str, object] | None = None
+        self,
+        group_id: str,
+        size: int,
+        *,
+        meta: dict[str, object] | None = None,
+        ttl: float | None = None,
     ) -> None:
-        """Create a group expecting ``size`` member results."""
+        """Create a group expecting ``size`` member results; an existing one with this id
+        starts afresh (its results and chord claim are dropped). With ``ttl`` the group
+        expires ``ttl`` seconds after the last write to it; None: it never expires."""
 
     @abc.abstractmethod
     async def add_group_result(self, group_id: str, status: TaskStatus) -> GroupState | None:
-        """Record a member's final status; returns the group, or None if it does not exist."""
+        """Record a member's final status and refresh the group's expiry; returns the
+        group, or None (nothing stored) if it is unknown or expired."""
 
     @abc.abstractmethod
     async def get_group(self, group_id: str) -> GroupState | None:
-        """The group with the results recorded so far."""
+        """The group with the results recorded so far, or None if unknown or expired."""
 
     @abc.abstractmethod
-    async def claim_chord(self, group_id: str, owner: str) -> bool:
-        """True for exactly one caller per group: that caller dispatches the chord callback."""
+    async def claim_chord(
+        self, group_id: str, owner: str, *, meta: dict[str, object] | None = None
+    ) -> bool:
+        """True for exactly one caller per live group: that caller dispatches the chord
+        callback. The winner's ``meta`` (the callback's task id, say) and the time of the
+        claim are recorded in the group (``chord_meta``, ``chord_claimed_at``)."""
 
     # -- worker heartbeats ----------------------------------------------------------------
 

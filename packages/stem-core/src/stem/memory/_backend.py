@@ -22,6 +22,8 @@ class MemoryResultBackend(ResultBackend):
         super().__init__(clock=clock)
         self._statuses: dict[str, TaskStatus] = {}
         self._groups: dict[str, GroupState] = {}
+        self._group_ttls: dict[str, float | None] = {}
+        self._group_ends: dict[str, float] = {}  # when each group with a ttl expires
         self._heartbeats: dict[str, tuple[WorkerHeartbeat, float]] = {}
         self._notifiers: defaultdict[str, Notifier] = defaultdict(Notifier)
 
@@ -75,26 +77,54 @@ class MemoryResultBackend(ResultBackend):
         await self._notifiers[task_id].wait(self.clock, timeout)
 
     async def init_group(
-        self, group_id: str, size: int, *, meta: dict[str, object] | None = None
+        self,
+        group_id: str,
+        size: int,
+        *,
+        meta: dict[str, object] | None = None,
+        ttl: float | None = None,
     ) -> None:
         self._groups[group_id] = GroupState(id=group_id, size=size, meta=dict(meta or {}))
+        self._group_ttls[group_id] = ttl
+        self._touch_group(group_id)
+
+    def _live_group(self, group_id: str) -> GroupState | None:
+        ends = self._group_ends.get(group_id)
+        if ends is not None and ends <= self.clock.now():
+            del self._groups[group_id], self._group_ttls[group_id], self._group_ends[group_id]
+            return None
+        return self._groups.get(group_id)
+
+    def _touch_group(self, group_id: str) -> None:
+        """A write to the group: its expiry starts again from now."""
+        ttl = self._group_ttls.get(group_id)
+        if ttl is None:
+            self._group_ends.pop(group_id, None)
+        else:
+            self._group_ends[group_id] = self.clock.now() + ttl
 
     async def add_group_result(self, group_id: str, status: TaskStatus) -> GroupState | None:
-        group = self._groups.get(group_id)
+        group = self._live_group(group_id)
         if group is None:
             return None
         group.results.setdefault(status.id, status)
+        self._touch_group(group_id)
         return _snapshot(group)
 
     async def get_group(self, group_id: str) -> GroupState | None:
-        group = self._groups.get(group_id)
+        group = self._live_group(group_id)
         return None if group is None else _snapshot(group)
 
-    async def claim_chord(self, group_id: str, owner: str) -> bool:
-        group = self._groups.get(group_id)
+    async def claim_chord(
+        self, group_id: str, owner: str, *, meta: dict[str, object] | None = None
+    ) -> bool:
+        group = self._live_group(group_id)
         if group is None or group.chord_claimed_by is not None:
             return False
         group.chord_claimed_by = owner
+        group.chord_claimed_at = self.clock.now()
+        group.chord_meta = dict(meta or {})
+        self._touch_group(group_id)
         return True
 
     async def set_heartbeat(self, heartbeat: WorkerHeartbeat, *, ttl: float) -> None:
@@ -121,4 +151,6 @@ def _snapshot(group: GroupState) -> GroupState:
         results=dict(group.results),
         meta=dict(group.meta),
         chord_claimed_by=group.chord_claimed_by,
+        chord_claimed_at=group.chord_claimed_at,
+        chord_meta=dict(group.chord_meta),
     )

@@ -1,10 +1,12 @@
--- Record a member's result once (the first one stays), and return the group:
--- {size, meta, claimed, {member id, status, ...}}, or false if there is no group.
--- KEYS[1]: the group's hash, KEYS[2]: its results. ARGV: member id, status (JSON).
-if redis.call('EXISTS', KEYS[1]) == 0 then
+-- Record a member's result once (the first one stays) and refresh the group's expiry;
+-- returns the group (see group_reply), or false if it is unknown or expired (nothing is
+-- stored). KEYS as in _group.lua. ARGV: now ('' for the server's clock), member id,
+-- status (JSON).
+local now = clock_now(nextarg())
+if not group_live(now) then
   return false
 end
 local member = nextarg()
 redis.call('HSETNX', KEYS[2], member, nextarg())
-local group = redis.call('HMGET', KEYS[1], 'size', 'meta', 'claimed')
-return {group[1], group[2], group[3], redis.call('HGETALL', KEYS[2])}
+group_touch(now)
+return group_reply()

@@ -1,6 +1,6 @@
--- The group, as group_add returns it, or false. KEYS[1]: its hash, KEYS[2]: its results.
-if redis.call('EXISTS', KEYS[1]) == 0 then
+-- The group, as group_add returns it, or false if unknown or expired. KEYS as in
+-- _group.lua. ARGV: now ('' for the server's clock).
+if not group_live(clock_now(nextarg())) then
   return false
 end
-local group = redis.call('HMGET', KEYS[1], 'size', 'meta', 'claimed')
-return {group[1], group[2], group[3], redis.call('HGETALL', KEYS[2])}
+return group_reply()
