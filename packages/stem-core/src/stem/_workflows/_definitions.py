@@ -83,6 +83,8 @@ class Workflow(Generic[P, R]):
             if args:
                 raise ConfigurationError(f"flow {self.name!r} takes keyword parameters only")
             return dict(kwargs)
+        if not args:
+            return dict(kwargs)  # already named: checked once, when the run is started
         self._params.check_arguments(args, kwargs)
         bound = self._params.signature.bind(*args, **kwargs)
         named = dict(bound.arguments)
@@ -161,11 +163,6 @@ class Flow(Workflow[..., Any]):
             return fn
 
         return add
-
-    async def start(self, *args: Any, **kwargs: Any) -> WorkflowRef[Any]:
-        params = self.params_of(args, dict(kwargs))
-        run_id = await self.app.workflows.start(self.name, params)
-        return WorkflowRef(run_id)
 
     async def execute(self, execution: Execution) -> Any:
         if not self.steps:
