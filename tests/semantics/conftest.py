@@ -14,14 +14,12 @@ from stem.memory import (
     MemoryLockStore,
     MemoryResultBackend,
     MemoryRevokeStore,
-    MemoryWorkflowStore,
 )
 from stem_sqlite import (
     SqliteBroker,
     SqliteLockStore,
     SqliteResultBackend,
     SqliteRevokeStore,
-    SqliteWorkflowStore,
 )
 
 
@@ -41,7 +39,6 @@ async def app(
             MemoryResultBackend(clock=clock),
             lock_store=MemoryLockStore(clock=clock),
             revoke_store=MemoryRevokeStore(clock=clock),
-            workflow_store=MemoryWorkflowStore(clock=clock),
             clock=clock,
         )
     else:
@@ -51,7 +48,6 @@ async def app(
             SqliteResultBackend(path, clock=clock),
             lock_store=SqliteLockStore(path, clock=clock),
             revoke_store=SqliteRevokeStore(path, clock=clock),
-            workflow_store=SqliteWorkflowStore(path, clock=clock, poll_interval=0.05),
             clock=clock,
         )
     yield stem
